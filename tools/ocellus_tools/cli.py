@@ -1,0 +1,201 @@
+"""The `ocellus-tools` command line: export, quantize, validate, manifest, train-demo (tools/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import ToolError
+
+
+def _quiet() -> None:
+    """Silences library chatter (progress bars of transformers, info logs) so our messages stand out."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def cmd_export(args) -> int:
+    from .export import export_bundle
+    from .files import ensure_writable_dir
+    from .sources import build_bundle, builtin_spec, hf_spec
+
+    out = ensure_writable_dir(args.out)
+    name = args.name or out.resolve().name
+    if args.hf is not None:
+        spec = hf_spec(args.hf, resampler=args.resampler, latents=args.latents, resampler_depth=args.resampler_depth,
+                       latent_dim=args.latent_dim, resampler_heads=args.resampler_heads, seed=args.seed,
+                       tokenizer=args.tokenizer)
+    else:
+        spec = builtin_spec(args.builtin, checkpoint=args.demo_checkpoint, seed=args.seed)
+    bundle = build_bundle(spec, name)
+    names = export_bundle(bundle, out, spec)
+    print(f"exported {bundle.source} ({bundle.resampler_kind} resampler) to {out}: {', '.join(names)}")
+    return 0
+
+
+def _calibration(args, pre) -> list:
+    from tqdm import tqdm
+
+    from .images import calibration_frames
+    from .prepare import list_images, load_images, prepare_image
+
+    if args.images is not None:
+        files = list_images(args.images)
+        images = load_images(files)
+        if not images:
+            raise ToolError(f"calibration folder {args.images} holds no readable image: add PNG or JPEG files")
+        source = f"{len(images)} images from {args.images}"
+    else:
+        if args.scenes <= 0:
+            raise ToolError(f"--scenes must be positive, got {args.scenes}")
+        images = calibration_frames(args.scenes, pre.width, pre.height, args.seed)
+        source = f"{len(images)} generated scenes (seed {args.seed})"
+    print(f"calibrating on {source}")
+    return [prepare_image(im, pre) for im in tqdm(images, desc="preparing", unit="image")]
+
+
+def cmd_quantize(args) -> int:
+    from .bundle import Preprocess
+    from .files import read_source
+    from .images import text_corpus
+    from .quantize import quantize_bundle
+
+    rec = read_source(args.bundle)
+    p = rec["preprocess"]
+    pre = Preprocess(**{**p, "mean": tuple(p["mean"]), "std": tuple(p["std"])})
+    pixel_values = _calibration(args, pre)
+    report = quantize_bundle(args.bundle, pixel_values, text_corpus(), args.target_cosine)
+    for role, r in report.items():
+        print(f"{role}.int8.onnx: {r['quantized_nodes']}/{r['candidates']} MatMul/Conv nodes quantized, "
+              f"cosine to fp32 on calibration data {r['calibration_cosine']:.6f}, {r['samples']} calibration "
+              f"samples, {r['size']} bytes")
+        for n in r["float_nodes"]:
+            print(f"  left in float (most sensitive): {n}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .validate import validate_bundle
+
+    parity = validate_bundle(args.bundle, seed=args.seed, cos_fp32=args.min_cosine_fp32,
+                             cos_int8=args.min_cosine_int8)
+    for name, f in parity["files"].items():
+        figures = ", ".join(f"{o['name']} cosine {o['cosine']:.7f} max_abs {o['max_abs']:.3g}" for o in f["outputs"])
+        print(f"{name} vs {f['reference']}: {figures}")
+    ch = ", ".join(f"{o['name']} cosine {o['cosine']:.7f}" for o in parity["chained_int8"]["outputs"])
+    print(f"int8 chain (vision -> resampler) vs fp32 chain: {ch}")
+    print(f"parity ok; wrote {args.bundle / 'reference'} and {args.bundle / 'parity.json'}")
+    return 0
+
+
+def cmd_manifest(args) -> int:
+    from .manifest import write_manifest
+
+    path = write_manifest(args.bundle, args.evaluation)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_train_demo(args) -> int:
+    try:
+        from .train_demo import main as train_main
+    except ImportError as e:
+        raise ToolError(f"train-demo is unavailable ({e}): ocellus_tools/train_demo.py is missing") from e
+    rest = list(args.rest)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    return int(train_main(rest) or 0)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ocellus-tools", description="Build ocellus model bundles (tools/README.md).")
+    ap.add_argument("--version", action="version", version=f"ocellus-tools {__version__}")
+    ap.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (default: torch's default)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("export", help="write fp32 ONNX files, tokenizer.json and source.json into a bundle dir")
+    src = ex.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hf", type=Path, metavar="DIR", help="Hugging Face CLIP or SigLIP checkpoint directory")
+    src.add_argument("--builtin", choices=["demo"], help="built-in model")
+    ex.add_argument("--demo-checkpoint", type=Path, metavar="FILE",
+                    help="trained demo weights for --builtin demo (default: random init from --seed)")
+    ex.add_argument("--out", type=Path, required=True, metavar="DIR", help="bundle directory, e.g. models/NAME")
+    ex.add_argument("--name", help="bundle name (default: the --out directory's name)")
+    ex.add_argument("--tokenizer", type=Path, metavar="FILE", help="tokenizer.json to use instead of the checkpoint's")
+    ex.add_argument("--resampler", choices=["perceiver", "qformer"], default="perceiver")
+    ex.add_argument("--latents", type=int, default=16, help="number of latents/queries L (default 16)")
+    ex.add_argument("--resampler-depth", type=int, default=2, help="resampler layers (default 2)")
+    ex.add_argument("--latent-dim", type=int, help="resampler width Dl (default: the vision width D)")
+    ex.add_argument("--resampler-heads", type=int, help="resampler attention heads (default: from the width)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the new resampler's (or demo's) initialisation")
+    ex.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("quantize", help="write int8 ONNX files (tract-friendly QOperator format)")
+    q.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    cal = q.add_mutually_exclusive_group()
+    cal.add_argument("--images", type=Path, metavar="DIR", help="calibration images (png, jpg, ...)")
+    cal.add_argument("--scenes", type=int, default=64, metavar="N", help="generated scenes to calibrate on (default 64)")
+    q.add_argument("--seed", type=int, default=7, help="seed of the generated calibration scenes")
+    q.add_argument("--target-cosine", type=float, default=0.9995,
+                   help="leave the most sensitive nodes in float until int8 reaches this cosine to fp32 on the "
+                        "calibration data (default 0.9995; 0 quantizes every candidate)")
+    q.set_defaults(func=cmd_quantize)
+
+    v = sub.add_parser("validate", help="parity checks; writes reference/ and parity.json")
+    v.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    v.add_argument("--seed", type=int, default=1234, help="seed of the reference images")
+    v.add_argument("--min-cosine-fp32", type=float, default=0.99999, help="fp32 vs PyTorch threshold")
+    v.add_argument("--min-cosine-int8", type=float, default=0.999, help="int8 vs fp32 threshold")
+    v.set_defaults(func=cmd_validate)
+
+    m = sub.add_parser("manifest", help="write manifest.toml")
+    m.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    m.add_argument("--evaluation", type=Path, metavar="FILE",
+                   help="evaluation figures (default: BUNDLE_DIR/evaluation.json if present)")
+    m.set_defaults(func=cmd_manifest)
+
+    t = sub.add_parser("train-demo", help="train the bundled demo model (options: ocellus-tools train-demo -- --help)",
+                       add_help=False)
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_train_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet()
+    if args.command != "train-demo":
+        import torch
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+    start = time.monotonic()
+    try:
+        rc = args.func(args)
+    except ToolError as e:
+        print(f"ocellus-tools {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"ocellus-tools {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ocellus-tools {args.command}: interrupted; nothing was overwritten", file=sys.stderr)
+        return 130
+    if args.command != "train-demo":
+        print(f"{args.command} done in {time.monotonic() - start:.1f} s")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

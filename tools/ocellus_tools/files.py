@@ -1,0 +1,100 @@
+"""Bundle directory helpers: atomic writes, the output-directory check and source.json.
+
+source.json records how the PyTorch reference of a bundle is rebuilt (which checkpoint or built-in model, the
+resampler's configuration and seed) plus the facts the manifest needs that the ONNX files do not hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ToolError
+
+SOURCE_FILE = "source.json"
+PARITY_FILE = "parity.json"
+EVALUATION_FILE = "evaluation.json"
+ROLES = ("vision", "resampler", "text")
+VARIANTS = ("fp32", "int8")
+
+
+def onnx_name(role: str, variant: str) -> str:
+    return f"{role}.{variant}.onnx"
+
+
+def ensure_writable_dir(path: Path, what: str = "output directory") -> Path:
+    """Creates `path` if needed and proves it writable; ToolError naming the path and the fix otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ToolError(f"{what} {path} is not writable ({e.strerror or e}): choose another --out or fix its "
+                        "permissions") from e
+    return path
+
+
+def staging_dir(bundle: Path) -> Path:
+    """A fresh temporary directory inside `bundle` (same file system, so os.replace is atomic)."""
+    ensure_writable_dir(bundle, "bundle directory")
+    return Path(tempfile.mkdtemp(dir=bundle, prefix=".staging-"))
+
+
+def commit_files(staging: Path, bundle: Path, names: list[str]) -> None:
+    """Moves staged files (or directories) into the bundle, each with an atomic rename, then drops staging."""
+    try:
+        for name in names:
+            src, dst = staging / name, bundle / name
+            if src.is_dir():
+                old = None
+                if dst.exists():
+                    old = bundle / f".old-{name}-{os.getpid()}"
+                    os.replace(dst, old)
+                os.replace(src, dst)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    ensure_writable_dir(path.parent, "bundle directory")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: Path, fix: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise ToolError(f"{path} does not exist: {fix}") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise ToolError(f"cannot read {path}: {e}: {fix}") from e
+
+
+def read_source(bundle: Path) -> dict:
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise ToolError(f"bundle directory {bundle} does not exist: run `ocellus-tools export --out {bundle}` first")
+    return read_json(bundle / SOURCE_FILE, f"run `ocellus-tools export --out {bundle}` first")
+
+
+def require_files(bundle: Path, names: list[str], step: str) -> None:
+    missing = [n for n in names if not (Path(bundle) / n).is_file()]
+    if missing:
+        raise ToolError(f"{bundle} lacks {', '.join(missing)}: run `ocellus-tools {step} {bundle}` first")

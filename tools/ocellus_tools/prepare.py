@@ -1,0 +1,81 @@
+"""Image preparation: RGB8 image -> pixel_values f32 [1,3,H,W]. This definition is the contract the runtime's
+`prepare` module reproduces (tools/README.md, "Preprocessing contract").
+
+1. Crop box in source pixel coordinates, as floats:
+   * resize = "shortest_edge", crop = "center": the largest box centred in the image with the model's aspect
+     ratio W/H (for a square model, side min(w, h));
+   * resize = "squash": the whole image (0, 0, w, h).
+2. Resample that box to W x H with Pillow's separable convolution resampling (`Image.resize((W, H),
+   resample=BILINEAR|BICUBIC, box=box)`), which widens the filter support when downscaling (antialiasing);
+   when the box is the whole image and already W x H, this is the identity.
+3. x = u8 * rescale, then (x - mean[c]) / std[c], in float32; planes in `channel_order`; NCHW.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .bundle import Preprocess
+from .errors import ToolError
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif")
+
+
+def crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of the source region that is resampled to the model input, in source pixels."""
+    if pre.resize == "squash":
+        return (0.0, 0.0, float(width), float(height))
+    target = pre.width / pre.height
+    if width / height > target:
+        box_w, box_h = height * target, float(height)
+    else:
+        box_w, box_h = float(width), width / target
+    x0 = (width - box_w) / 2.0
+    y0 = (height - box_h) / 2.0
+    return (x0, y0, x0 + box_w, y0 + box_h)
+
+
+def prepare_image(image: Image.Image | np.ndarray, pre: Preprocess) -> np.ndarray:
+    """The model input for one image: float32 [1, 3, pre.height, pre.width]."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    box = crop_box(image.width, image.height, pre)
+    resized = image.resize((pre.width, pre.height), resample=_RESAMPLE[pre.interpolation], box=box)
+    x = np.asarray(resized, dtype=np.uint8).astype(np.float32) * np.float32(pre.rescale)
+    x = (x - np.asarray(pre.mean, dtype=np.float32)) / np.asarray(pre.std, dtype=np.float32)
+    if pre.channel_order == "bgr":
+        x = x[..., ::-1]
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted; ToolError when the folder is missing or holds none."""
+    if not folder.is_dir():
+        raise ToolError(f"calibration folder {folder} does not exist: pass --images DIR with image files, or use --scenes N")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ToolError(
+            f"calibration folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}): "
+            "add images to it, or use --scenes N for generated scenes"
+        )
+    return files
+
+
+def load_images(files: list[Path]) -> list[Image.Image]:
+    """Opens every readable image among `files` as RGB (unreadable ones are skipped with a note on stderr)."""
+    import sys
+
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                images.append(im.convert("RGB"))
+        except OSError as e:
+            print(f"warning: skipping unreadable image {f}: {e}", file=sys.stderr)
+    return images
