@@ -107,15 +107,26 @@ def cmd_manifest(args) -> int:
     return 0
 
 
-def cmd_train_demo(args) -> int:
+def _train_demo_module():
     try:
-        from .train_demo import main as train_main
+        from . import train_demo
     except ImportError as e:
-        raise ToolError(f"train-demo is unavailable ({e}): ocellus_tools/train_demo.py is missing") from e
-    rest = list(args.rest)
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    return int(train_main(rest) or 0)
+        return None, e
+    return train_demo, None
+
+
+def cmd_train_demo(args) -> int:
+    module, err = _train_demo_module()
+    if module is None:
+        raise ToolError(f"train-demo is unavailable ({err}): ocellus_tools/train_demo.py is missing")
+    return int(module.main(args) or 0)
+
+
+def cmd_evaluate(args) -> int:
+    module, err = _train_demo_module()
+    if module is None:
+        raise ToolError(f"evaluate is unavailable ({err}): ocellus_tools/train_demo.py is missing")
+    return int(module.main_evaluate(args) or 0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -165,17 +176,22 @@ def parser() -> argparse.ArgumentParser:
                    help="evaluation figures (default: BUNDLE_DIR/evaluation.json if present)")
     m.set_defaults(func=cmd_manifest)
 
-    t = sub.add_parser("train-demo", help="train the bundled demo model (options: ocellus-tools train-demo -- --help)",
-                       add_help=False)
-    t.add_argument("rest", nargs=argparse.REMAINDER)
+    module, _ = _train_demo_module()
+    t = sub.add_parser("train-demo", help="train the bundled demo model (writes a checkpoint for export --builtin demo)")
+    if module is not None:
+        module.add_arguments(t)
     t.set_defaults(func=cmd_train_demo)
+    if module is not None and hasattr(module, "add_evaluate_arguments"):
+        e = sub.add_parser("evaluate", help="zero-shot figures of a demo bundle's ONNX files (writes evaluation.json)")
+        module.add_evaluate_arguments(e)
+        e.set_defaults(func=cmd_evaluate)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet()
-    if args.command != "train-demo":
+    if args.command not in ("train-demo", "evaluate"):
         import torch
 
         if args.threads > 0:
@@ -192,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ocellus-tools {args.command}: interrupted; nothing was overwritten", file=sys.stderr)
         return 130
-    if args.command != "train-demo":
+    if args.command not in ("train-demo", "evaluate"):
         print(f"{args.command} done in {time.monotonic() - start:.1f} s")
     return rc
 

@@ -21,18 +21,17 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Scaled dot-product attention over already projected q [B,Nq,C], k and v [B,Nk,C]; returns [B,Nq,C]."""
-    b, nq, c = q.shape
-    nk = k.shape[1]
-    dh = c // heads
-    q = q.reshape(b, nq, heads, dh).transpose(1, 2)
-    k = k.reshape(b, nk, heads, dh).transpose(1, 2)
-    v = v.reshape(b, nk, heads, dh).transpose(1, 2)
-    scores = torch.matmul(q * (1.0 / math.sqrt(dh)), k.transpose(-2, -1))
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, dim_head: int) -> torch.Tensor:
+    """Scaled dot-product attention over projected q [B,Nq,H*Dh], k and v [B,Nk,H*Dh]; returns [B,Nq,H*Dh].
+    `heads` and `dim_head` are Python ints so the exported graph has constant reshapes and scale."""
+    b = q.shape[0]
+    q = q.reshape(b, -1, heads, dim_head).transpose(1, 2)
+    k = k.reshape(b, -1, heads, dim_head).transpose(1, 2)
+    v = v.reshape(b, -1, heads, dim_head).transpose(1, 2)
+    scores = torch.matmul(q * (1.0 / math.sqrt(dim_head)), k.transpose(-2, -1))
     weights = torch.softmax(scores, dim=-1)
     out = torch.matmul(weights, v)
-    return out.transpose(1, 2).reshape(b, nq, c)
+    return out.transpose(1, 2).reshape(b, -1, heads * dim_head)
 
 
 class PerceiverAttention(nn.Module):
@@ -42,6 +41,7 @@ class PerceiverAttention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
+        self.dim_head = dim_head
         self.norm_media = nn.LayerNorm(dim)
         self.norm_latents = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
@@ -56,7 +56,7 @@ class PerceiverAttention(nn.Module):
         kv_input = torch.cat([media, latents], dim=1)
         k = self.to_k(kv_input)
         v = self.to_v(kv_input)
-        return self.to_out(attend(q, k, v, self.heads))
+        return self.to_out(attend(q, k, v, self.heads, self.dim_head))
 
 
 class FeedForward(nn.Sequential):
@@ -111,6 +111,7 @@ class QFormerAttention(nn.Module):
     def __init__(self, dim: int, heads: int, kv_dim: int):
         super().__init__()
         self.heads = heads
+        self.dim_head = dim // heads
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(kv_dim, dim)
         self.value = nn.Linear(kv_dim, dim)
@@ -118,7 +119,7 @@ class QFormerAttention(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        out = attend(self.query(hidden), self.key(context), self.value(context), self.heads)
+        out = attend(self.query(hidden), self.key(context), self.value(context), self.heads, self.dim_head)
         return self.norm(hidden + self.dense(out))
 
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random Hugging Face checkpoints and bundles built from them through the CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ocellus_tools.cli import main
+from ocellus_tools.tiny import make_tiny_checkpoint
+
+torch.set_num_threads(1)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Runs `ocellus-tools ARGS` in-process; returns (exit code, stdout, stderr)."""
+    try:
+        rc = main(["--threads", "1", *args])
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {fam: make_tiny_checkpoint(root / fam, fam, seed=3) for fam in ("clip", "siglip")}
+
+
+class Built:
+    """Bundles built once per session, keyed by (family, resampler); each records the CLI's outputs."""
+
+    def __init__(self, root: Path, checkpoints: dict[str, Path]):
+        self.root = root
+        self.checkpoints = checkpoints
+        self.cache: dict[tuple[str, str], tuple[Path, dict[str, str]]] = {}
+
+    def get(self, family: str, resampler: str, capsys) -> tuple[Path, dict[str, str]]:
+        key = (family, resampler)
+        if key not in self.cache:
+            out = self.root / f"{family}-{resampler}"
+            logs = {}
+            steps = [
+                ["export", "--hf", str(self.checkpoints[family]), "--out", str(out), "--resampler", resampler,
+                 "--latents", "8", "--resampler-depth", "2", "--seed", "5"],
+                ["quantize", str(out), "--scenes", "16"],
+                ["validate", str(out)],
+                ["manifest", str(out)],
+            ]
+            for step in steps:
+                rc, so, se = run_cli(step, capsys)
+                assert rc == 0, f"{step[0]} failed: {se}"
+                logs[step[0]] = so
+            self.cache[key] = (out, logs)
+        return self.cache[key]
+
+    def copy(self, family: str, resampler: str, capsys, dest: Path) -> Path:
+        src, _ = self.get(family, resampler, capsys)
+        shutil.copytree(src, dest)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, checkpoints) -> Built:
+    return Built(tmp_path_factory.mktemp("bundles"), checkpoints)
