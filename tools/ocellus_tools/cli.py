@@ -30,12 +30,27 @@ def cmd_export(args) -> int:
     from .files import ensure_writable_dir
     from .sources import build_bundle, builtin_spec, hf_spec
 
+    hf_only = {"--resampler": args.resampler, "--latents": args.latents, "--resampler-depth": args.resampler_depth,
+               "--latent-dim": args.latent_dim, "--resampler-heads": args.resampler_heads, "--tokenizer": args.tokenizer}
+    if args.hf is not None and args.demo_checkpoint is not None:
+        raise ToolError("--demo-checkpoint applies to --builtin demo only: drop it or export --builtin demo")
+    if args.builtin is not None and any(v is not None for v in hf_only.values()):
+        given = ", ".join(k for k, v in hf_only.items() if v is not None)
+        raise ToolError(f"{given} apply to --hf checkpoints only; the built-in demo has its own trained resampler "
+                        "and tokenizer: drop them")
+    for flag, v in (("--latents", args.latents), ("--resampler-depth", args.resampler_depth),
+                    ("--latent-dim", args.latent_dim), ("--resampler-heads", args.resampler_heads)):
+        if v is not None and v <= 0:
+            raise ToolError(f"{flag} must be positive, got {v}")
     out = ensure_writable_dir(args.out)
     name = args.name or out.resolve().name
     if args.hf is not None:
-        spec = hf_spec(args.hf, resampler=args.resampler, latents=args.latents, resampler_depth=args.resampler_depth,
-                       latent_dim=args.latent_dim, resampler_heads=args.resampler_heads, seed=args.seed,
-                       tokenizer=args.tokenizer)
+        dim = args.latent_dim
+        if dim is not None and args.resampler_heads is not None and dim % args.resampler_heads:
+            raise ToolError(f"--latent-dim {dim} is not divisible by --resampler-heads {args.resampler_heads}")
+        spec = hf_spec(args.hf, resampler=args.resampler or "perceiver", latents=args.latents or 16,
+                       resampler_depth=args.resampler_depth or 2, latent_dim=args.latent_dim,
+                       resampler_heads=args.resampler_heads, seed=args.seed, tokenizer=args.tokenizer)
     else:
         spec = builtin_spec(args.builtin, checkpoint=args.demo_checkpoint, seed=args.seed)
     bundle = build_bundle(spec, name)
@@ -62,6 +77,9 @@ def _calibration(args, pre) -> list:
         images = calibration_frames(args.scenes, pre.width, pre.height, args.seed)
         source = f"{len(images)} generated scenes (seed {args.seed})"
     print(f"calibrating on {source}")
+    if len(images) < 16:
+        print(f"warning: only {len(images)} calibration images; activation ranges from so few may clip on other "
+              "inputs (use 32 or more)", file=sys.stderr)
     return [prepare_image(im, pre) for im in tqdm(images, desc="preparing", unit="image")]
 
 
@@ -144,9 +162,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, required=True, metavar="DIR", help="bundle directory, e.g. models/NAME")
     ex.add_argument("--name", help="bundle name (default: the --out directory's name)")
     ex.add_argument("--tokenizer", type=Path, metavar="FILE", help="tokenizer.json to use instead of the checkpoint's")
-    ex.add_argument("--resampler", choices=["perceiver", "qformer"], default="perceiver")
-    ex.add_argument("--latents", type=int, default=16, help="number of latents/queries L (default 16)")
-    ex.add_argument("--resampler-depth", type=int, default=2, help="resampler layers (default 2)")
+    ex.add_argument("--resampler", choices=["perceiver", "qformer"], help="new resampler (default perceiver)")
+    ex.add_argument("--latents", type=int, help="number of latents/queries L (default 16)")
+    ex.add_argument("--resampler-depth", type=int, help="resampler layers (default 2)")
     ex.add_argument("--latent-dim", type=int, help="resampler width Dl (default: the vision width D)")
     ex.add_argument("--resampler-heads", type=int, help="resampler attention heads (default: from the width)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the new resampler's (or demo's) initialisation")

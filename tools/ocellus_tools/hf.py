@@ -174,6 +174,12 @@ def _preprocess(path: Path, family: str, image_size: int) -> Preprocess:
     size = pc.get("size") or {}
     if isinstance(size, dict) and "shortest_edge" in size:
         pre.resize, pre.crop = "shortest_edge", "center"
+        crop = pc.get("crop_size") or {}
+        crop_h = crop.get("height", image_size) if isinstance(crop, dict) else crop
+        if size["shortest_edge"] != crop_h:
+            warnings.warn(f"{pc_file}: shortest edge {size['shortest_edge']} then a {crop_h} px crop keeps "
+                          f"{crop_h / size['shortest_edge']:.3f} of the short side; ocellus crops the largest centred "
+                          "box (all of it), so inputs are framed slightly wider than in training")
     elif isinstance(size, dict) and "height" in size:
         pre.resize, pre.crop = "squash", "none"
     if pc.get("do_center_crop") is False and pre.resize == "shortest_edge":

@@ -23,11 +23,16 @@ def builtin_spec(name: str, *, checkpoint: Path | None, seed: int) -> dict:
             "seed": seed}
 
 
-def build_bundle(spec: dict, name: str) -> Bundle:
-    """The Bundle `spec` describes, in eval mode; ToolError when its inputs are gone or unusable."""
+def build_bundle(spec: dict, name: str, rebuild: bool = False) -> Bundle:
+    """The Bundle `spec` describes, in eval mode; ToolError when its inputs are gone or unusable. `rebuild`:
+    the spec comes from an exported bundle's source.json (errors then say so)."""
     kind = spec.get("kind")
     if kind == "hf":
         from .hf import load_hf_bundle
+
+        if rebuild and not Path(spec["path"]).is_dir():
+            raise ToolError(f"the checkpoint directory {spec['path']} this bundle was exported from is gone, and the "
+                            "PyTorch reference is rebuilt from it: restore it, or export again from where it is now")
 
         bundle = load_hf_bundle(Path(spec["path"]), name=name, resampler=spec["resampler"], latents=spec["latents"],
                                 resampler_depth=spec["resampler_depth"], latent_dim=spec.get("latent_dim"),

@@ -107,7 +107,7 @@ def validate_bundle(bundle_dir: Path, *, seed: int = 1234, cos_fp32: float = COS
     names = [onnx_name(r, v) for v in ("fp32", "int8") for r in OUTPUTS]
     require_files(bundle_dir, [n for n in names if n.endswith("fp32.onnx")] + ["tokenizer.json"], "export --out")
     require_files(bundle_dir, [n for n in names if n.endswith("int8.onnx")], "quantize")
-    bundle = build_bundle(rec["spec"], rec["name"])
+    bundle = build_bundle(rec["spec"], rec["name"], rebuild=True)
     _check_source_matches(rec, bundle)
     pre = bundle.preprocess
 

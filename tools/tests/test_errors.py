@@ -125,3 +125,20 @@ def test_console_script_exit_code(tmp_path):
     r = subprocess.run([*exe, "export", "--hf", str(tmp_path / "gone"), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_validate_without_its_checkpoint(tmp_path, checkpoints, capsys):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoints["siglip"], ck)
+    out = tmp_path / "b"
+    rc, _, err = run_cli(["export", "--hf", str(ck), "--out", str(out), "--resampler", "qformer", "--latents", "4"],
+                         capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli(["quantize", str(out), "--scenes", "16"], capsys)
+    assert rc == 0, err
+    shutil.rmtree(ck)
+    rc, _, err = run_cli(["validate", str(out)], capsys)
+    _one_line_error(rc, err, str(ck), "is gone", "export again")
+    assert not (out / "reference").exists()
