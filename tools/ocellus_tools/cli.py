@@ -107,12 +107,21 @@ def cmd_validate(args) -> int:
     from .validate import validate_bundle
 
     parity = validate_bundle(args.bundle, seed=args.seed, cos_fp32=args.min_cosine_fp32,
-                             cos_int8=args.min_cosine_int8)
+                             cos_int8=args.min_cosine_int8, use_tract=not args.no_tract)
     for name, f in parity["files"].items():
         figures = ", ".join(f"{o['name']} cosine {o['cosine']:.7f} max_abs {o['max_abs']:.3g}" for o in f["outputs"])
         print(f"{name} vs {f['reference']}: {figures}")
     ch = ", ".join(f"{o['name']} cosine {o['cosine']:.7f}" for o in parity["chained_int8"]["outputs"])
     print(f"int8 chain (vision -> resampler) vs fp32 chain: {ch}")
+    tr = parity.get("tract")
+    if tr is None:
+        print("tract check skipped" + ("" if args.no_tract else " (the tract Python bindings are not installed: "
+                                       "pip install tract==0.23.9)"))
+    else:
+        for name, f in tr["files"].items():
+            same = min(o["cosine"] for o in f["onnxruntime"])
+            extra = f", vs fp32 {min(o['cosine'] for o in f['fp32']):.7f}" if "fp32" in f else ""
+            print(f"tract {tr['version']} {name}: min cosine vs onnxruntime {same:.7f}{extra}")
     print(f"parity ok; wrote {args.bundle / 'reference'} and {args.bundle / 'parity.json'}")
     return 0
 
@@ -186,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=1234, help="seed of the reference images")
     v.add_argument("--min-cosine-fp32", type=float, default=0.99999, help="fp32 vs PyTorch threshold")
     v.add_argument("--min-cosine-int8", type=float, default=0.999, help="int8 vs fp32 threshold")
+    v.add_argument("--no-tract", action="store_true", help="skip running the files in tract (the runtime's engine)")
     v.set_defaults(func=cmd_validate)
 
     m = sub.add_parser("manifest", help="write manifest.toml")

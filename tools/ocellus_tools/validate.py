@@ -97,8 +97,56 @@ def _check_source_matches(rec: dict, bundle) -> None:
                         f"({', '.join(diff) or 'embed_dim'}): its source changed; re-run `ocellus-tools export`")
 
 
+COS_ENGINES = 0.9999  # tract against onnxruntime on the same file and input (tests/parity.rs uses the same)
+
+
+def tract_check(bundle_dir: Path, images, text_feeds_by_variant, text_out) -> dict | None:
+    """Runs every file in tract (the runtime's engine, through its Python bindings) on the reference inputs.
+    Figures per file and output: tract against onnxruntime on the same file and input ("onnxruntime"), and for
+    int8 files also tract int8 against onnxruntime fp32 ("fp32"). None when the bindings are not installed."""
+    try:
+        import tract
+    except ImportError:
+        return None
+
+    def runnable(name):
+        try:
+            return tract.onnx().load(str(bundle_dir / name)).into_model().into_runnable()
+        except Exception as e:  # tract.TractError and friends
+            raise ToolError(f"tract cannot load {bundle_dir / name}: {str(e).splitlines()[0] if str(e) else e}: the "
+                            "runtime could not run it either; re-run `ocellus-tools export`/`quantize`") from e
+
+    same = {onnx_name(r, v): Figures() for v in ("fp32", "int8") for r in OUTPUTS}
+    to_fp32 = {onnx_name(r, "int8"): Figures() for r in OUTPUTS}
+    for v in ("fp32", "int8"):
+        vision, resampler = runnable(onnx_name("vision", v)), runnable(onnx_name("resampler", v))
+        for _, _, pv, out in images:
+            pt, ie = (t.to_numpy() for t in vision.run([pv]))
+            lat = resampler.run([out[v]["patch_tokens"]])[0].to_numpy()
+            for name, got in (("patch_tokens", pt), ("image_embeds", ie)):
+                same[onnx_name("vision", v)].add(name, got, out[v][name])
+                if v == "int8":
+                    to_fp32[onnx_name("vision", v)].add(name, got, out["fp32"][name])
+            same[onnx_name("resampler", v)].add("latents", lat, out[v]["latents"])
+            if v == "int8":
+                lat_f = resampler.run([out["fp32"]["patch_tokens"]])[0].to_numpy()
+                to_fp32[onnx_name("resampler", v)].add("latents", lat_f, out["fp32"]["latents"])
+        text = runnable(onnx_name("text", v))
+        for k, feed in enumerate(text_feeds_by_variant[v]):
+            got = text.run(list(feed.values()))[0].to_numpy()
+            same[onnx_name("text", v)].add("text_embeds", got, text_out[v][k])
+            if v == "int8":
+                to_fp32[onnx_name("text", v)].add("text_embeds", got, text_out["fp32"][k])
+    files = {}
+    for n, f in same.items():
+        files[n] = {"onnxruntime": f.outputs()}
+        if n in to_fp32:
+            files[n]["fp32"] = to_fp32[n].outputs()
+    return {"version": getattr(tract, "version", lambda: "?")(), "files": files}
+
+
 def validate_bundle(bundle_dir: Path, *, seed: int = 1234, cos_fp32: float = COS_FP32,
-                    cos_int8: float = COS_INT8) -> dict:
+                    cos_int8: float = COS_INT8, use_tract: bool = True) -> dict:
     """Measures parity, fails below the thresholds, then writes reference/ and parity.json atomically."""
     import onnxruntime as ort
 
@@ -149,9 +197,11 @@ def validate_bundle(bundle_dir: Path, *, seed: int = 1234, cos_fp32: float = COS
     prompts = reference_prompts()
     ids, mask = encode(bundle.tokenizer, prompts)
     text_out = {"fp32": [], "int8": []}
+    feeds_by_variant = {}
     for v in ("fp32", "int8"):
         s = sess[onnx_name("text", v)]
-        for feed in text_feeds(s, ids, mask):
+        feeds_by_variant[v] = text_feeds(s, ids, mask)
+        for feed in feeds_by_variant[v]:
             text_out[v].append(s.run(["text_embeds"], feed)[0])
     for k in range(len(prompts)):
         te_t = _torch(bundle.text, ids[k:k + 1], mask[k:k + 1])
@@ -165,16 +215,28 @@ def validate_bundle(bundle_dir: Path, *, seed: int = 1234, cos_fp32: float = COS
             if not (o["cosine"] >= threshold):
                 failures.append(f"{n} output {o['name']}: cosine {o['cosine']:.6f} < {threshold} against {against} "
                                 f"(max abs diff {o['max_abs']:.3g})")
+    tract_figs = tract_check(bundle_dir, images, feeds_by_variant, text_out) if use_tract else None
+    if tract_figs is not None:
+        for n, f in tract_figs["files"].items():
+            for against, threshold in (("onnxruntime", COS_ENGINES), ("fp32", cos_int8)):
+                for o in f.get(against, []):
+                    if not (o["cosine"] >= threshold):
+                        failures.append(f"{n} output {o['name']} in tract: cosine {o['cosine']:.6f} < {threshold} "
+                                        f"against {'onnxruntime on the same file' if against == 'onnxruntime' else 'fp32'}"
+                                        f" (max abs diff {o['max_abs']:.3g})")
     if failures:
         fix = ("the fp32 file does not compute what its PyTorch module computes: re-run `ocellus-tools export`"
-               if any("fp32" in f.split(" ")[0] for f in failures)
+               if any("fp32" in f.split(" ")[0] and "tract" not in f for f in failures)
+               else "tract computes something else than onnxruntime on this file: keep to the operators and the int8 "
+                    "format of ../shared/notes/tract-quantization.md"
+               if all("in tract" in f for f in failures)
                else "int8 is too far from fp32: re-run `ocellus-tools quantize` with more or more typical "
                     "calibration images")
         raise ToolError(f"parity check failed for {bundle_dir}: " + "; ".join(failures) + f": {fix}")
 
     parity = {"engine": f"onnxruntime {ort.__version__}", "thresholds": {"fp32": cos_fp32, "int8": cos_int8},
               "seed": seed, "images": len(images), "prompts": len(prompts), "files": {},
-              "chained_int8": {"reference": "fp32", "outputs": chain.outputs()}}
+              "chained_int8": {"reference": "fp32", "outputs": chain.outputs()}, "tract": tract_figs}
     for n in names:
         parity["files"][n] = {"reference": "pytorch" if "fp32" in n else "fp32", "sha256": sha256(bundle_dir / n),
                               "outputs": figs[n].outputs()}

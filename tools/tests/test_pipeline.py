@@ -74,6 +74,14 @@ def test_pipeline(built, capsys, family, resampler):
                 assert onnx.numpy_helper.to_array(zp).dtype == np.int8 and not onnx.numpy_helper.to_array(zp).any()
     assert "parity ok" in logs["validate"]
 
+    tract = json.loads((bundle / "parity.json").read_text())["tract"]  # the runtime's engine on the same files
+    assert tract["version"] == "0.23.9"
+    assert set(tract["files"]) == {f"{r}.{v}.onnx" for r in ROLES for v in ("fp32", "int8")}
+    for name, f in tract["files"].items():
+        assert all(o["cosine"] >= 0.9999 for o in f["onnxruntime"]), (name, f)
+        if name.endswith("int8.onnx"):
+            assert all(o["cosine"] >= 0.999 for o in f["fp32"]), (name, f)
+
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_reference_data(built, capsys, family):
