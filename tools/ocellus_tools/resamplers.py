@@ -5,7 +5,11 @@
   concatenation of the media tokens and the latents, followed by a feed-forward; both residual, pre-LN.
 * :class:`QFormer` after BLIP-2 (Li et al. 2023, Sec. 3.1): learned queries run through BERT-style (post-LN)
   layers of self-attention among the queries, cross-attention from the queries to the frozen image tokens
-  (every ``cross_every`` layers) and a feed-forward; the output is the query embeddings.
+  (LayerNorm'ed first, as BLIP-2's `ln_vision`; every ``cross_every`` layers) and a feed-forward; the output is
+  the query embeddings.
+
+Flamingo also adds learned time embeddings to the media tokens of a video; ocellus resamples one frame at a time,
+so there are none here.
 
 Attention is written out as matmul + softmax so that the TorchScript ONNX exporter (opset 17) produces plain
 MatMul/Softmax graphs, which tract runs and the int8 quantizer handles (nn.MultiheadAttention does not export
@@ -153,14 +157,18 @@ class QFormer(nn.Module):
         self.in_dim = in_dim
         self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, dim))
         self.embed_norm = nn.LayerNorm(dim, eps=1e-12)
+        # BLIP-2 normalises the frozen encoder's tokens before the Q-Former reads them (LAVIS `ln_vision`);
+        # CLIP's last_hidden_state has had no final LayerNorm, so this matters here too.
+        self.vision_norm = nn.LayerNorm(in_dim)
         self.layers = nn.ModuleList(
             QFormerLayer(dim, heads, in_dim, has_cross=(i % cross_every == 0)) for i in range(depth)
         )
 
     def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        image_tokens = self.vision_norm(patch_tokens)
         h = self.embed_norm(self.query_tokens.expand(patch_tokens.shape[0], -1, -1))
         for layer in self.layers:
-            h = layer(h, patch_tokens)
+            h = layer(h, image_tokens)
         return h
 
 

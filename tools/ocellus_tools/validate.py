@@ -262,23 +262,23 @@ def _write_reference(ref: Path, images, prompts, ids, mask, text_out, engine: st
         (d / "fp32").mkdir(parents=True)
         (d / "int8").mkdir()
         Image.fromarray(frame, "RGB").save(ref / f"{img_id}.png")
-        np.save(d / "pixel_values.npy", pv.astype("<f4"))
+        np.save(d / "pixel_values.npy", np.ascontiguousarray(pv, dtype="<f4"))
         lines.append(f"\n[[images]]\nid = {value(img_id)}\nfile = {value(img_id + '.png')}\n"
                      f"pixel_values = {value(f'{img_id}/pixel_values.npy')}\n")
         for v in ("fp32", "int8"):
             files = {}
             for name in ("patch_tokens", "image_embeds", "latents"):
-                np.save(d / v / f"{name}.npy", out[v][name].astype("<f4"))
+                np.save(d / v / f"{name}.npy", np.ascontiguousarray(out[v][name], dtype="<f4"))
                 files[name] = f"{img_id}/{v}/{name}.npy"
             lines.append(f"outputs.{v} = {value(files)}\n")
     t = ref / "text"
     (t / "fp32").mkdir(parents=True)
     (t / "int8").mkdir()
-    np.save(t / "input_ids.npy", ids.astype("<i8"))
-    np.save(t / "attention_mask.npy", mask.astype("<i8"))
+    np.save(t / "input_ids.npy", np.ascontiguousarray(ids, dtype="<i8"))
+    np.save(t / "attention_mask.npy", np.ascontiguousarray(mask, dtype="<i8"))
     lines.append(f"\n[text]\nprompts = {value(prompts)}\ninput_ids = \"text/input_ids.npy\"\n"
                  "attention_mask = \"text/attention_mask.npy\"\n")
     for v in ("fp32", "int8"):
-        np.save(t / v / "text_embeds.npy", np.concatenate(text_out[v], axis=0).astype("<f4"))
+        np.save(t / v / "text_embeds.npy", np.ascontiguousarray(np.concatenate(text_out[v], axis=0), dtype="<f4"))
         lines.append(f"outputs.{v} = {value({'text_embeds': f'text/{v}/text_embeds.npy'})}\n")
     (ref / "index.toml").write_text("".join(lines))
