@@ -112,7 +112,11 @@ def _load_tokenizer(path: Path, tokenizer_file: Path | None):
                 raise ToolError(f"cannot load tokenizer {f}: {e}: pass a Hugging Face tokenizers JSON with --tokenizer") from e
     if tokenizer_file is not None:
         raise ToolError(f"tokenizer file {tokenizer_file} does not exist: pass an existing tokenizer.json with --tokenizer")
+    # transformers builds an empty tokenizer when the files are missing; only convert what is really there
+    sources = ("vocab.json", "merges.txt", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model", "vocab.txt")
     try:
+        if not any((path / f).is_file() for f in sources):
+            raise FileNotFoundError(path)
         from transformers import AutoTokenizer
 
         with warnings.catch_warnings():
@@ -213,6 +217,10 @@ def load_hf_bundle(path: Path, *, name: str, resampler: str = "perceiver", laten
     image_size = int(vcfg.image_size)
     context_length = int(tcfg.max_position_embeddings)
     tokenizer = _load_tokenizer(path, tokenizer_file)
+    if tokenizer.get_vocab_size(with_added_tokens=True) > int(tcfg.vocab_size):
+        raise ToolError(f"the tokenizer has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens but the text "
+                        f"encoder of {path} only {tcfg.vocab_size}: it belongs to another model; pass the "
+                        "checkpoint's own tokenizer.json (--tokenizer)")
     pad_id = _pad_id(path, tokenizer, tcfg.to_dict())
     configure_tokenizer(tokenizer, context_length, pad_id)
     pre = _preprocess(path, family, image_size)

@@ -142,3 +142,37 @@ def test_validate_without_its_checkpoint(tmp_path, checkpoints, capsys):
     rc, _, err = run_cli(["validate", str(out)], capsys)
     _one_line_error(rc, err, str(ck), "is gone", "export again")
     assert not (out / "reference").exists()
+
+
+def test_checkpoint_without_weights(tmp_path, checkpoints, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text((checkpoints["clip"] / "config.json").read_text())
+    rc, _, err = run_cli(["export", "--hf", str(ck), "--out", str(tmp_path / "out")], capsys)
+    _one_line_error(rc, err, "failed to load CLIPModel", str(ck), "weights")
+
+
+def test_tokenizer_missing_then_given(tmp_path, checkpoints, capsys):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoints["clip"], ck)
+    tok = tmp_path / "tok.json"
+    shutil.move(ck / "tokenizer.json", tok)
+    (ck / "tokenizer_config.json").unlink()
+    rc, _, err = run_cli(["export", "--hf", str(ck), "--out", str(tmp_path / "out")], capsys)
+    _one_line_error(rc, err, str(ck), "no tokenizer.json", "--tokenizer")
+    rc, _, err = run_cli(["export", "--hf", str(ck), "--out", str(tmp_path / "out"), "--tokenizer", str(tok),
+                          "--latents", "4", "--resampler-depth", "1"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_tokenizer_of_another_model(tmp_path, checkpoints, capsys):
+    from tokenizers import Tokenizer, models
+
+    big = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(500)}, unk_token="w0"))
+    big.save(str(tmp_path / "big.json"))
+    rc, _, err = run_cli(["export", "--hf", str(checkpoints["siglip"]), "--out", str(tmp_path / "out"),
+                          "--tokenizer", str(tmp_path / "big.json")], capsys)
+    _one_line_error(rc, err, "500 tokens", "another model", "--tokenizer")
