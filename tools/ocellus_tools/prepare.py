@@ -27,16 +27,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".ti
 
 def crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, float, float]:
     """(x0, y0, x1, y1) of the source region that is resampled to the model input, in source pixels."""
+    w, h = float(width), float(height)
+    mw, mh = float(pre.width), float(pre.height)
     if pre.resize == "squash":
-        return (0.0, 0.0, float(width), float(height))
-    target = pre.width / pre.height
-    if width / height > target:
-        box_w, box_h = height * target, float(height)
-    else:
-        box_w, box_h = float(width), width / target
-    x0 = (width - box_w) / 2.0
-    y0 = (height - box_h) / 2.0
-    return (x0, y0, x0 + box_w, y0 + box_h)
+        return (0.0, 0.0, w, h)
+    # exact comparison of the aspect ratios, then the same float64 operations as the runtime's crop_box
+    if w * mh > h * mw:
+        cw = h * mw / mh
+        left = (w - cw) / 2.0
+        return (left, 0.0, left + cw, h)
+    ch = w * mh / mw
+    top = (h - ch) / 2.0
+    return (0.0, top, w, top + ch)
 
 
 def prepare_image(image: Image.Image | np.ndarray, pre: Preprocess) -> np.ndarray:
