@@ -72,10 +72,11 @@ class Figures:
 
 
 def reference_sizes(height: int, width: int) -> list[tuple[str, int, int]]:
-    """(id, width, height): two at the model input size, two larger with other aspect ratios."""
+    """(id, width, height): two at the model input size, two larger with other aspect ratios (about 5:3 and
+    5:8), one pixel odd so that a shortest-edge centre crop's box edges fall on half pixels."""
     return [("img0", width, height), ("img1", width, height),
-            ("img2", round(width * 2.5), round(height * 1.5)),  # landscape 5:3
-            ("img3", round(width * 1.25), round(height * 2.0))]  # portrait 5:8
+            ("img2", round(width * 2.5) + 1, round(height * 1.5)),
+            ("img3", round(width * 1.25), round(height * 2.0) + 1)]
 
 
 def _torch(module, *args):
