@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,7 @@ def _quiet() -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import export_bundle
     from .files import ensure_writable_dir
-    from .sources import build_bundle, builtin_spec, hf_spec
 
     hf_only = {"--resampler": args.resampler, "--latents": args.latents, "--resampler-depth": args.resampler_depth,
                "--latent-dim": args.latent_dim, "--resampler-heads": args.resampler_heads, "--tokenizer": args.tokenizer}
@@ -42,12 +41,22 @@ def cmd_export(args) -> int:
                     ("--latent-dim", args.latent_dim), ("--resampler-heads", args.resampler_heads)):
         if v is not None and v <= 0:
             raise ToolError(f"{flag} must be positive, got {v}")
+    existed = args.out.exists()
     out = ensure_writable_dir(args.out)
+    try:
+        return _export(args, out)
+    except BaseException:
+        if not existed:  # leave no empty bundle directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _export(args, out: Path) -> int:
+    from .export import export_bundle
+    from .sources import build_bundle, builtin_spec, hf_spec
+
     name = args.name or out.resolve().name
     if args.hf is not None:
-        dim = args.latent_dim
-        if dim is not None and args.resampler_heads is not None and dim % args.resampler_heads:
-            raise ToolError(f"--latent-dim {dim} is not divisible by --resampler-heads {args.resampler_heads}")
         spec = hf_spec(args.hf, resampler=args.resampler or "perceiver", latents=args.latents or 16,
                        resampler_depth=args.resampler_depth or 2, latent_dim=args.latent_dim,
                        resampler_heads=args.resampler_heads, seed=args.seed, tokenizer=args.tokenizer)

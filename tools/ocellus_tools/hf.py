@@ -236,8 +236,12 @@ def load_hf_bundle(path: Path, *, name: str, resampler: str = "perceiver", laten
         raise ToolError(f"{path}: image embedding width {image_embeds.shape[-1]} differs from text embedding width "
                         f"{text_embeds.shape[-1]}: not a dual encoder ocellus can score")
     in_dim = tokens.shape[-1]
-    res = build_resampler(resampler, in_dim, num_latents=latents, depth=resampler_depth, dim=latent_dim,
-                          heads=resampler_heads, seed=seed).eval()
+    try:
+        res = build_resampler(resampler, in_dim, num_latents=latents, depth=resampler_depth, dim=latent_dim,
+                              heads=resampler_heads, seed=seed).eval()
+    except ValueError as e:
+        raise ToolError(f"cannot build the {resampler} resampler: {e}: choose --latent-dim and --resampler-heads "
+                        "so that the width is a multiple of the heads") from e
     logit_scale = float(math.exp(model.logit_scale.item()))
     logit_bias = float(model.logit_bias.item()) if family == "siglip" else 0.0
     return Bundle(name=name, source=f"hf-{family}:{path}", vision=vision, resampler=res, resampler_kind=resampler,

@@ -176,3 +176,11 @@ def test_tokenizer_of_another_model(tmp_path, checkpoints, capsys):
     rc, _, err = run_cli(["export", "--hf", str(checkpoints["siglip"]), "--out", str(tmp_path / "out"),
                           "--tokenizer", str(tmp_path / "big.json")], capsys)
     _one_line_error(rc, err, "500 tokens", "another model", "--tokenizer")
+
+
+def test_bad_resampler_geometry_leaves_no_directory(tmp_path, checkpoints, capsys):
+    out = tmp_path / "new-bundle"
+    rc, _, err = run_cli(["export", "--hf", str(checkpoints["clip"]), "--out", str(out), "--latent-dim", "30",
+                          "--resampler-heads", "4"], capsys)
+    _one_line_error(rc, err, "not divisible by heads 4", "--resampler-heads")
+    assert not out.exists()
