@@ -119,12 +119,19 @@ def test_steps_out_of_order(tmp_path, capsys):
 
 
 def test_console_script_exit_code(tmp_path):
-    exe = [sys.executable, "-m", "ocellus_tools.cli"]
-    r = subprocess.run([*exe, "--version"], capture_output=True, text=True)
-    assert r.returncode == 0 and "0.1.0" in r.stdout
+    """The installed entry point (pyproject [project.scripts]) exits non-zero with the message on stderr."""
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("ocellus-tools")
+    exe = [str(script)] if script.exists() else [sys.executable, "-m", "ocellus_tools.cli"]
     r = subprocess.run([*exe, "export", "--hf", str(tmp_path / "gone"), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr and r.stdout == ""
+
+
+def test_version(capsys):
+    rc, out, _ = run_cli(["--version"], capsys)
+    assert rc == 0 and "ocellus-tools 0.1.0" in out
 
 
 def test_validate_without_its_checkpoint(tmp_path, checkpoints, capsys):
