@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conftest import run_cli
 from ocellus_tools.quantize import FORBIDDEN
 
 ROLES = ("vision", "resampler", "text")
