@@ -68,12 +68,14 @@ def _export(args, out: Path) -> int:
     return 0
 
 
-def _calibration(args, pre) -> list:
+def _calibration(args, pre) -> tuple[list, list]:
+    """(calibration pixel_values, held-out pixel_values to check the int8 result on; empty for --images)."""
     from tqdm import tqdm
 
     from .images import calibration_frames
     from .prepare import list_images, load_images, prepare_image
 
+    held_out = []
     if args.images is not None:
         files = list_images(args.images)
         images = load_images(files)
@@ -84,12 +86,14 @@ def _calibration(args, pre) -> list:
         if args.scenes <= 0:
             raise ToolError(f"--scenes must be positive, got {args.scenes}")
         images = calibration_frames(args.scenes, pre.width, pre.height, args.seed)
+        held_out = calibration_frames(32, pre.width, pre.height, args.seed + 1_000_003)
         source = f"{len(images)} generated scenes (seed {args.seed})"
     print(f"calibrating on {source}")
     if len(images) < 16:
         print(f"warning: only {len(images)} calibration images; activation ranges from so few may clip on other "
               "inputs (use 32 or more)", file=sys.stderr)
-    return [prepare_image(im, pre) for im in tqdm(images, desc="preparing", unit="image")]
+    return ([prepare_image(im, pre) for im in tqdm(images, desc="preparing", unit="image")],
+            [prepare_image(im, pre) for im in held_out])
 
 
 def cmd_quantize(args) -> int:
@@ -101,11 +105,11 @@ def cmd_quantize(args) -> int:
     rec = read_source(args.bundle)
     p = rec["preprocess"]
     pre = Preprocess(**{**p, "mean": tuple(p["mean"]), "std": tuple(p["std"])})
-    pixel_values = _calibration(args, pre)
-    report = quantize_bundle(args.bundle, pixel_values, text_corpus(), args.target_cosine)
+    pixel_values, held_out = _calibration(args, pre)
+    report = quantize_bundle(args.bundle, pixel_values, text_corpus(), args.target_cosine, held_out)
     for role, r in report.items():
         print(f"{role}.int8.onnx: {r['quantized_nodes']}/{r['candidates']} MatMul/Conv nodes quantized, "
-              f"cosine to fp32 on calibration data {r['calibration_cosine']:.6f}, {r['samples']} calibration "
+              f"cosine to fp32 on {r['check']} {r['calibration_cosine']:.6f}, {r['samples']} calibration "
               f"samples, {r['size']} bytes")
         for n in r["float_nodes"]:
             print(f"  left in float (most sensitive): {n}")

@@ -98,19 +98,23 @@ def _min_cosine(path: Path, feeds: list[dict], reference: list[list[np.ndarray]]
 
 
 def quantize_file(src: Path, dst: Path, feeds: list[dict], desc: str, target: float = 0.9995,
-                  check_samples: int = 32) -> dict:
+                  check_feeds: list[dict] | None = None, check_samples: int = 32) -> dict:
     """Quantizes one file into `dst`.
 
     Every MatMul/Conv node with a constant weight is quantized, calibrated once (min/max over `feeds`). If the
-    result's cosine to fp32 on the calibration samples is below `target` on any output, the nodes whose
+    result's cosine to fp32 on `check_feeds` (held-out samples; default: a subset of `feeds`) is below `target`
+    on any output, the nodes whose
     quantization alone costs the most are left in float, one at a time, until the target is met: the file keeps
     the same format, with fewer quantized nodes. Returns what was done."""
     model = onnx.load(str(src))
     nodes = nodes_with_constant_weights(model)
     if not nodes:
         raise ToolError(f"{src.name} has no MatMul or Conv node with a constant weight: nothing to quantize")
-    step = max(1, len(feeds) // check_samples)
-    check = feeds[::step][:check_samples]
+    if check_feeds:
+        check = check_feeds
+    else:
+        step = max(1, len(feeds) // check_samples)
+        check = feeds[::step][:check_samples]
     ref_sess = _session(src)
     reference = [ref_sess.run(None, f) for f in check]
     tmp = Path(tempfile.mkdtemp(prefix="ocellus-quant-"))
@@ -140,7 +144,8 @@ def quantize_file(src: Path, dst: Path, feeds: list[dict], desc: str, target: fl
         shutil.rmtree(tmp, ignore_errors=True)
     quantized = check_quantized(dst, len(kept))
     return {"quantized_nodes": quantized, "candidates": len(nodes), "float_nodes": sorted(set(nodes) - set(kept)),
-            "calibration_cosine": cos, "samples": len(feeds)}
+            "calibration_cosine": cos, "samples": len(feeds),
+            "check": f"{len(check)} held-out samples" if check_feeds else f"{len(check)} calibration samples"}
 
 
 def _session(path: Path):
@@ -163,7 +168,8 @@ def text_feeds(session, input_ids: np.ndarray, attention_mask: np.ndarray) -> li
     return feeds
 
 
-def quantize_bundle(bundle: Path, pixel_values: list[np.ndarray], texts: list[str], target: float = 0.9995) -> dict:
+def quantize_bundle(bundle: Path, pixel_values: list[np.ndarray], texts: list[str], target: float = 0.9995,
+                    check_pixel_values: list[np.ndarray] | None = None) -> dict:
     """Writes vision/resampler/text int8 files beside the fp32 ones (which stay). `pixel_values` are prepared
     calibration images; the resampler is calibrated on the fp32 vision encoder's patch tokens of them."""
     from tokenizers import Tokenizer
@@ -182,6 +188,8 @@ def quantize_bundle(bundle: Path, pixel_values: list[np.ndarray], texts: list[st
     vision = _session(fp32["vision"])
     patch_tokens = [vision.run(["patch_tokens"], {"pixel_values": pv})[0]
                     for pv in tqdm(pixel_values, desc="patch tokens", unit="image")]
+    check_pv = list(check_pixel_values or [])
+    check_pt = [vision.run(["patch_tokens"], {"pixel_values": pv})[0] for pv in check_pv]
     tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
     ids, mask = encode(tokenizer, texts)
     tfeeds = text_feeds(_session(fp32["text"]), ids, mask)
@@ -189,10 +197,12 @@ def quantize_bundle(bundle: Path, pixel_values: list[np.ndarray], texts: list[st
     staging = staging_dir(bundle)
     report = {}
     try:
-        for role, feeds in (("vision", [{"pixel_values": pv} for pv in pixel_values]),
-                            ("resampler", [{"patch_tokens": t} for t in patch_tokens]),
-                            ("text", tfeeds)):
-            r = quantize_file(fp32[role], staging / onnx_name(role, "int8"), feeds, f"calibrating {role}", target)
+        for role, feeds, check in (
+                ("vision", [{"pixel_values": pv} for pv in pixel_values], [{"pixel_values": pv} for pv in check_pv]),
+                ("resampler", [{"patch_tokens": t} for t in patch_tokens], [{"patch_tokens": t} for t in check_pt]),
+                ("text", tfeeds, None)):
+            r = quantize_file(fp32[role], staging / onnx_name(role, "int8"), feeds, f"calibrating {role}", target,
+                              check)
             r["size"] = os.path.getsize(staging / onnx_name(role, "int8"))
             report[role] = r
     except BaseException:

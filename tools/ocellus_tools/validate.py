@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,24 +218,34 @@ def validate_bundle(bundle_dir: Path, *, seed: int = 1234, cos_fp32: float = COS
                 failures.append(f"{n} output {o['name']}: cosine {o['cosine']:.6f} < {threshold} against {against} "
                                 f"(max abs diff {o['max_abs']:.3g})")
     tract_figs = tract_check(bundle_dir, images, feeds_by_variant, text_out) if use_tract else None
+    warnings_ = []
     if tract_figs is not None:
         for n, f in tract_figs["files"].items():
-            for against, threshold in (("onnxruntime", COS_ENGINES), ("fp32", cos_int8)):
-                for o in f.get(against, []):
-                    if not (o["cosine"] >= threshold):
-                        failures.append(f"{n} output {o['name']} in tract: cosine {o['cosine']:.6f} < {threshold} "
-                                        f"against {'onnxruntime on the same file' if against == 'onnxruntime' else 'fp32'}"
-                                        f" (max abs diff {o['max_abs']:.3g})")
+            for o in f["onnxruntime"]:
+                if o["cosine"] >= COS_ENGINES:
+                    continue
+                msg = (f"{n} output {o['name']} in tract: cosine {o['cosine']:.6f} < {COS_ENGINES} against "
+                       f"onnxruntime on the same file (max abs diff {o['max_abs']:.3g})")
+                # fp32 must agree; int8 engines may round ties differently and drift apart through the layers
+                # (what matters there is the figure against fp32, gated below)
+                (failures if "fp32" in n else warnings_).append(msg)
+            for o in f.get("fp32", []):
+                if not (o["cosine"] >= cos_int8):
+                    failures.append(f"{n} output {o['name']} in tract: cosine {o['cosine']:.6f} < {cos_int8} "
+                                    f"against fp32 (max abs diff {o['max_abs']:.3g})")
     if failures:
-        fix = ("the fp32 file does not compute what its PyTorch module computes: re-run `ocellus-tools export`"
-               if any("fp32" in f.split(" ")[0] and "tract" not in f for f in failures)
-               else "tract computes something else than onnxruntime on this file: keep to the operators and the int8 "
-                    "format of ../shared/notes/tract-quantization.md"
-               if all("in tract" in f for f in failures)
-               else "int8 is too far from fp32: re-run `ocellus-tools quantize` with more or more typical "
-                    "calibration images")
+        if any(".fp32.onnx" in f.split(" ")[0] and "against PyTorch" in f for f in failures):
+            fix = "the fp32 file does not compute what its PyTorch module computes: re-run `ocellus-tools export`"
+        elif all("against onnxruntime" in f for f in failures):
+            fix = ("tract computes something else than onnxruntime on this file: keep to the operators and the int8 "
+                   "format of ../shared/notes/tract-quantization.md")
+        else:
+            fix = ("int8 is too far from fp32: re-run `ocellus-tools quantize` with more or more typical calibration "
+                   "images, or a higher --target-cosine")
         raise ToolError(f"parity check failed for {bundle_dir}: " + "; ".join(failures) + f": {fix}")
 
+    for w in warnings_:
+        print(f"warning: {w}; tests/parity.rs holds committed bundles to {COS_ENGINES}", file=sys.stderr)
     parity = {"engine": f"onnxruntime {ort.__version__}", "thresholds": {"fp32": cos_fp32, "int8": cos_int8},
               "seed": seed, "images": len(images), "prompts": len(prompts), "files": {},
               "chained_int8": {"reference": "fp32", "outputs": chain.outputs()}, "tract": tract_figs}
