@@ -199,8 +199,9 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--scenes", type=int, default=64, metavar="N", help="generated scenes to calibrate on (default 64)")
     q.add_argument("--seed", type=int, default=7, help="seed of the generated calibration scenes")
     q.add_argument("--target-cosine", type=float, default=0.9995,
-                   help="leave the most sensitive nodes in float until int8 reaches this cosine to fp32 on the "
-                        "calibration data (default 0.9995; 0 quantizes every candidate)")
+                   help="leave the most sensitive nodes in float until int8 reaches this cosine to fp32 on 32 "
+                        "held-out scenes (with --images: on the calibration images) (default 0.9995; 0 quantizes "
+                        "every candidate)")
     q.set_defaults(func=cmd_quantize)
 
     v = sub.add_parser("validate", help="parity checks; writes reference/ and parity.json")
