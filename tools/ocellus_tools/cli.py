@@ -109,7 +109,7 @@ def cmd_quantize(args) -> int:
     report = quantize_bundle(args.bundle, pixel_values, text_corpus(), args.target_cosine, held_out)
     for role, r in report.items():
         print(f"{role}.int8.onnx: {r['quantized_nodes']}/{r['candidates']} MatMul/Conv nodes quantized, "
-              f"cosine to fp32 on {r['check']} {r['calibration_cosine']:.6f}, {r['samples']} calibration "
+              f"cosine to fp32 on {r['check']} {r['check_cosine']:.6f}, {r['samples']} calibration "
               f"samples, {r['size']} bytes")
         for n in r["float_nodes"]:
             print(f"  left in float (most sensitive): {n}")

@@ -103,9 +103,8 @@ def quantize_file(src: Path, dst: Path, feeds: list[dict], desc: str, target: fl
 
     Every MatMul/Conv node with a constant weight is quantized, calibrated once (min/max over `feeds`). If the
     result's cosine to fp32 on `check_feeds` (held-out samples; default: a subset of `feeds`) is below `target`
-    on any output, the nodes whose
-    quantization alone costs the most are left in float, one at a time, until the target is met: the file keeps
-    the same format, with fewer quantized nodes. Returns what was done."""
+    on any output, the nodes whose quantization alone costs the most are left in float, one at a time, until
+    the target is met: the file keeps the same format, with fewer quantized nodes. Returns what was done."""
     model = onnx.load(str(src))
     nodes = nodes_with_constant_weights(model)
     if not nodes:
@@ -144,7 +143,7 @@ def quantize_file(src: Path, dst: Path, feeds: list[dict], desc: str, target: fl
         shutil.rmtree(tmp, ignore_errors=True)
     quantized = check_quantized(dst, len(kept))
     return {"quantized_nodes": quantized, "candidates": len(nodes), "float_nodes": sorted(set(nodes) - set(kept)),
-            "calibration_cosine": cos, "samples": len(feeds),
+            "check_cosine": cos, "samples": len(feeds),
             "check": f"{len(check)} held-out samples" if check_feeds else f"{len(check)} calibration samples"}
 
 
