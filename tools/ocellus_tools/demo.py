@@ -247,7 +247,12 @@ def load_checkpoint(path: Path) -> tuple[DemoModel, "tokenizers.Tokenizer", dict
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"demo checkpoint {path} not found: run `ocellus-tools train-demo` first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    from torch.torch_version import TorchVersion
+
+    # weights_only: a checkpoint is data, never code. TorchVersion is allowed for files whose metadata
+    # recorded torch.__version__ as an object rather than a string.
+    with torch.serialization.safe_globals([TorchVersion]):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an ocellus demo checkpoint (format {CHECKPOINT_FORMAT})")
     known = {f.name for f in fields(DemoConfig)}

@@ -244,9 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"work directory for demo.pt, training-eval.json and train-log.json (default {DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, scenes and augmentations (default 0)")
-    parser.add_argument("--steps", type=int, default=1200, help="optimiser steps (default 1200)")
+    parser.add_argument("--steps", type=int, default=800, help="optimiser steps (default 800)")
     parser.add_argument("--batch", type=int, default=64, help="scenes per step (default 64)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, AdamW (default 2e-3)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, AdamW (default 1e-3)")
     parser.add_argument("--warmup", type=int, default=60, help="linear warm-up steps (default 60)")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--latent-weight", type=float, default=1.0,
@@ -347,7 +347,7 @@ def train(args: argparse.Namespace, log=_log) -> tuple[DemoModel, "tokenizers.To
             "weight_decay": args.weight_decay, "latent_weight": args.latent_weight,
             "prompt_weight": args.prompt_weight,
             "camera_fraction": args.camera_fraction, "threads": args.threads, "train_seconds": seconds,
-            "torch": torch.__version__, "history": history}
+            "torch": str(torch.__version__), "history": history}
     return model, tok, meta
 
 
