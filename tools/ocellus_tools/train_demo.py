@@ -171,22 +171,29 @@ def heldout(n: int = EVAL_SCENES, seed: int = EVAL_SEED):
 
 
 def camera_heldout(n: int, seed: int, width: int = 640, height: int = 480) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out scenes as the synthetic camera path delivers them to the model: a W x H frame (the canvas in
-    its centre square, rendered without supersampling), through YUYV (limited range), centre-cropped and
-    resized to 64x64 with Pillow's bilinear filter (the manifest's preprocess). u8 [n,64,64,3], labels."""
-    from PIL import Image
+    """Held-out scenes as the synthetic camera path delivers them to the model: a W x H frame (the canvas in its
+    centre square rendered without supersampling, the margins continuing the background, scene-spec "Canvas and
+    coordinates"), through YUYV 4:2:2 (BT.601 limited range) and back, then the manifest's preprocessing
+    (`prepare.prepare_image`: centre crop, Pillow bilinear resize to 64x64, normalisation).
+    Returns pixel_values f32 [n,3,64,64] and labels."""
+    from .demo import preprocess
+    from .prepare import prepare_image
 
     rng = np.random.default_rng([seed, 7])
     b = scenes.sample_batch(rng, n)
     side = min(width, height)
-    out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    for start in range(0, n, 32):
-        sub = scenes.SceneBatch.stack(list(b)[start:start + 32])
-        canv = scenes.render_batch(sub, side, supersample=1).astype(np.float64) / 255
-        canv = yuyv_roundtrip(canv, full_range=False)
-        for i, c in enumerate(canv):
-            im = Image.fromarray(np.rint(c * 255).astype(np.uint8), "RGB")
-            out[start + i] = np.asarray(im.resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.BILINEAR))
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    pre = preprocess()
+    out = np.empty((n, 3, pre.height, pre.width), dtype=np.float32)
+    ys = (np.arange(height, dtype=np.float64) - y0 + 0.5) / side
+    for i, p in enumerate(b):
+        bg = p.g0 + (p.g1 - p.g0) * ys[:, None, None] + np.asarray(p.tint)[None, None, :]
+        bg = np.broadcast_to(bg, (height, width, 3)) + np.random.default_rng([seed, 8, i]).uniform(
+            -p.noise, p.noise, size=(height, width, 3))
+        frame = scenes.to_u8(bg)
+        frame[y0:y0 + side, x0:x0 + side] = scenes.render(p, side, supersample=1)
+        frame = yuyv_roundtrip(frame[None].astype(np.float64) / 255, full_range=False)[0]
+        out[i] = prepare_image(np.rint(frame * 255).astype(np.uint8), pre)[0]
     return out, b.labels
 
 
@@ -215,6 +222,16 @@ def embed_images(model: DemoModel, images_u8: np.ndarray, chunk: int = 250) -> t
 
 
 @torch.no_grad()
+def embed_pixels(model: DemoModel, pixel_values: np.ndarray, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+    outs, lats = [], []
+    for s in range(0, len(pixel_values), chunk):
+        e, lat = model.encode_image(torch.from_numpy(pixel_values[s:s + chunk]))
+        outs.append(e.numpy())
+        lats.append(lat.numpy())
+    return np.concatenate(outs), np.concatenate(lats)
+
+
+@torch.no_grad()
 def embed_texts(model: DemoModel, tok, texts: list[str]) -> np.ndarray:
     ids, _ = demo_tokenizer.encode_batch(tok, texts)
     return model.text(torch.from_numpy(ids)).numpy()
@@ -231,7 +248,7 @@ def evaluate_model(model: DemoModel, tok, data, camera=None) -> dict:
            "latents": figures(lat_e, cap_e, prm_e, labels, xs, ys, caps)}
     if camera is not None:
         cam_imgs, cam_labels = camera
-        ce, cl = embed_images(model, cam_imgs)
+        ce, cl = embed_pixels(model, cam_imgs)
         out["camera_top1"] = metrics.zero_shot_top1(ce, prm_e, cam_labels)
         out["camera_latents_top1"] = metrics.zero_shot_top1(cl, prm_e, cam_labels)
     return out
@@ -370,7 +387,7 @@ def main(args: argparse.Namespace) -> int:
     (out / "train-log.json").write_text(json.dumps(meta["history"], indent=2) + "\n")
     _print_figures("pytorch, image embedding", ev["image"])
     _print_figures("pytorch, resampler latents (auxiliary head)", ev["latents"])
-    print(f"camera-path frames (640x480 -> YUYV -> 64x64): top-1 {ev['camera_top1']:.4f} "
+    print(f"camera-path frames (640x480 -> YUYV -> prepare): top-1 {ev['camera_top1']:.4f} "
           f"(latents {ev['camera_latents_top1']:.4f})")
     print(f"checkpoint: {out / 'demo.pt'}")
     return 0
@@ -391,11 +408,14 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"held-out scene seed (default {EVAL_SEED})")
     parser.add_argument("--out", type=Path, default=None,
                         help="evaluation JSON to write (default BUNDLE/evaluation.json, read by `manifest`)")
+    parser.add_argument("--camera-scenes", type=int, default=200,
+                        help="also score N held-out 640x480 camera-path frames (YUYV, the manifest's preprocessing); "
+                             "0: skip (default 200)")
     parser.add_argument("--threads", type=int, default=2)
     return parser
 
 
-def evaluate_onnx(bundle: Path, variant: str, data, threads: int = 2) -> dict:
+def evaluate_onnx(bundle: Path, variant: str, data, threads: int = 2, camera=None) -> dict:
     """Figures of `bundle`'s vision and text files of `variant`, run through onnxruntime one input at a time
     (batch 1, as exported)."""
     import onnxruntime as ort
@@ -411,8 +431,11 @@ def evaluate_onnx(bundle: Path, variant: str, data, threads: int = 2) -> dict:
     txt = ort.InferenceSession(str(paths["text"]), opts, providers=["CPUExecutionProvider"])
     tok = demo_tokenizer.load(bundle / "tokenizer.json")
     imgs, labels, xs, ys, caps = data
-    pv = to_pixel_values(torch.from_numpy(imgs)).numpy()
-    img_e = np.concatenate([vis.run(["image_embeds"], {"pixel_values": pv[i:i + 1]})[0] for i in range(len(pv))])
+
+    def embed_images_ort(pv: np.ndarray) -> np.ndarray:
+        return np.concatenate([vis.run(["image_embeds"], {"pixel_values": pv[i:i + 1]})[0] for i in range(len(pv))])
+
+    img_e = embed_images_ort(to_pixel_values(torch.from_numpy(imgs)).numpy())
     txt_inputs = [i.name for i in txt.get_inputs()]
 
     def embed(texts: list[str]) -> np.ndarray:
@@ -429,18 +452,27 @@ def evaluate_onnx(bundle: Path, variant: str, data, threads: int = 2) -> dict:
     table = dict(zip(uniq, embed(uniq)))
     cap_e = np.stack([table[c.text] for c in caps])
     prm_e = embed(scenes.prompts())
-    return figures(img_e, cap_e, prm_e, labels, xs, ys, caps)
+    out = figures(img_e, cap_e, prm_e, labels, xs, ys, caps)
+    if camera is not None:
+        out["camera_top1"] = metrics.zero_shot_top1(embed_images_ort(camera[0]), prm_e, camera[1])
+    return out
 
 
 def main_evaluate(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle)
     data = heldout(args.scenes, args.seed)
+    camera = camera_heldout(args.camera_scenes, args.seed) if args.camera_scenes else None
     report = {"scenes": args.scenes, "seed": args.seed}
     for variant in ("fp32", "int8"):
-        f = evaluate_onnx(bundle, variant, data, args.threads)
+        f = evaluate_onnx(bundle, variant, data, args.threads, camera)
         report[variant] = {k: f[k] for k in ("top1", "r1", "r5", "r10", "median_rank")}
         report[f"{variant}_detail"] = {"i2t": f["i2t"], "t2i": f["t2i"]}
         _print_figures(f"onnxruntime {variant}", f)
+        if camera is not None:
+            report[f"{variant}_detail"]["camera"] = {"frames": args.camera_scenes, "width": 640, "height": 480,
+                                                     "top1": f["camera_top1"]}
+            print(f"onnxruntime {variant}: camera-path frames (640x480 -> YUYV -> prepare): "
+                  f"top-1 {f['camera_top1']:.4f}")
     out = args.out or bundle / "evaluation.json"
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
