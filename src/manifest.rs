@@ -184,8 +184,9 @@ pub struct EvalFigures {
     pub median_rank: f64,
 }
 
+/// `deny_unknown_fields` cannot be combined with `flatten` in serde (it rejects every flattened key), so
+/// this table accepts any other key as a variant's figures; each of those is still strict.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Evaluation {
     pub scenes: usize,
     pub seed: u64,
