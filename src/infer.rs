@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use crate::manifest::{Manifest, Role, Variant};
 
+pub use plan::PlanMemory;
 pub(crate) use plan::{Executor, Planned};
 use tract_onnx::prelude::TValue;
-pub use plan::PlanMemory;
 pub(crate) use verify::{check_manifest, read_verified};
 pub use verify::{file_sizes, verify, verify_path, FileSize, LoadError};
 
@@ -128,7 +128,11 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Verifies the vision and resampler files of `variant` (see [`verify`]), then loads, optimises and
     /// plans both with `threads` threads for matrix products (1 = the calling thread only).
-    pub fn load(manifest: &Manifest, variant: Variant, threads: usize) -> Result<Engine, LoadError> {
+    pub fn load(
+        manifest: &Manifest,
+        variant: Variant,
+        threads: usize,
+    ) -> Result<Engine, LoadError> {
         check_manifest(manifest, variant, &[Role::Vision, Role::Resampler])?;
         let vision = read_verified(manifest, Role::Vision, variant)?;
         let resampler = read_verified(manifest, Role::Resampler, variant)?;
@@ -237,9 +241,11 @@ impl Engine {
             });
         }
         self.check_output(out)?;
-        let failed = |role: Role| move |e: anyhow::Error| InferError::Tract {
-            role,
-            message: format!("{e:#}"),
+        let failed = |role: Role| {
+            move |e: anyhow::Error| InferError::Tract {
+                role,
+                message: format!("{e:#}"),
+            }
         };
 
         let start = Instant::now();
@@ -308,7 +314,7 @@ fn read_f32(values: &[TValue], ix: usize) -> anyhow::Result<&[f32]> {
     let value = values
         .get(ix)
         .ok_or_else(|| anyhow::anyhow!("missing output {ix}"))?;
-    Ok(value.try_as_plain_ram()?.as_slice::<f32>()?)
+    value.try_as_plain_ram()?.as_slice::<f32>()
 }
 
 /// Scales `v` to unit length; false (and `v` untouched) if its norm is zero or not finite.

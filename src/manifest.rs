@@ -111,7 +111,9 @@ pub enum Role {
     Text,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
     Fp32,
@@ -198,7 +200,10 @@ pub struct Evaluation {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("model manifest {path} not found: run `ocellus-tools manifest` or set model.manifest in the config ({source})")]
-    Missing { path: PathBuf, source: std::io::Error },
+    Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("model manifest {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("model manifest {path} has format {found}; this ocellus reads format {FORMAT}: re-run `ocellus-tools manifest` with matching tools")]

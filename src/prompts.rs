@@ -125,7 +125,10 @@ impl PromptSet {
             self.dim,
             "image embedding width differs from the prompt set's"
         );
-        assert!(out.len() >= self.len(), "score buffer shorter than the prompt set");
+        assert!(
+            out.len() >= self.len(),
+            "score buffer shorter than the prompt set"
+        );
         let out = &mut out[..self.len()];
         let mut max = f32::NEG_INFINITY;
         for (k, o) in out.iter_mut().enumerate() {
@@ -261,13 +264,13 @@ impl TextEncoder {
 
     /// Token ids and attention mask of `prompt`, exactly `context_length` of each.
     pub fn tokenize(&self, prompt: &str) -> Result<(Vec<i64>, Vec<i64>), PromptError> {
-        let encoding =
-            self.tokenizer
-                .encode(prompt, true)
-                .map_err(|e| PromptError::Tokenizer {
-                    path: self.tokenizer_path.clone(),
-                    message: format!("encoding {prompt:?}: {e}"),
-                })?;
+        let encoding = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| PromptError::Tokenizer {
+                path: self.tokenizer_path.clone(),
+                message: format!("encoding {prompt:?}: {e}"),
+            })?;
         let ids = encoding.get_ids();
         if ids.len() != self.context_length {
             return Err(PromptError::TokenCount {

@@ -96,7 +96,11 @@ pub fn verify_path(manifest: &Path, variant: Variant) -> Result<Manifest, LoadEr
 
 /// Verifies like [`verify`] and returns the size of each file (vision, resampler, text).
 pub fn file_sizes(manifest: &Manifest, variant: Variant) -> Result<Vec<FileSize>, LoadError> {
-    check_manifest(manifest, variant, &[Role::Vision, Role::Resampler, Role::Text])?;
+    check_manifest(
+        manifest,
+        variant,
+        &[Role::Vision, Role::Resampler, Role::Text],
+    )?;
     [Role::Vision, Role::Resampler, Role::Text]
         .iter()
         .map(|&role| read_verified(manifest, role, variant).map(|v| v.size))
@@ -245,7 +249,11 @@ fn expect_io(
 ) -> Result<(), String> {
     for name in required {
         if spec(specs, name).is_none() {
-            return Err(format!("{file}: the manifest lists no {kind} named {name}"));
+            let listed: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!(
+                "{file}: the manifest lists no {kind} named {name} (it lists: {})",
+                listed.join(", ")
+            ));
         }
     }
     for s in specs {
@@ -456,7 +464,10 @@ fn check_signature(graph: &pb::GraphProto, entry: &FileEntry) -> Result<(), Stri
                 ));
             };
             let Some((elem, dims)) = declared_dims(d) else {
-                return Err(format!("{kind} {} has no tensor type in the ONNX file", d.name));
+                return Err(format!(
+                    "{kind} {} has no tensor type in the ONNX file",
+                    d.name
+                ));
             };
             let dtype = dtype_name(elem);
             if dtype != s.dtype {
