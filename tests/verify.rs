@@ -284,10 +284,9 @@ fn zero_threads_is_refused() {
 fn tokenizer_without_fixed_padding_is_refused() {
     let dir = copy_bundle();
     let path = dir.path().join("tokenizer.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
-    json["padding"] = serde_json::Value::Null;
-    std::fs::write(&path, json.to_string()).expect("write");
+    let mut tokenizer = tokenizers::Tokenizer::from_file(&path).expect("tokenizer");
+    tokenizer.with_padding(None);
+    tokenizer.save(&path, false).expect("save tokenizer");
     let err = TextEncoder::load(&manifest(dir.path()), Variant::Fp32).expect_err("no padding");
     let msg = err.to_string();
     assert!(matches!(err, PromptError::TokenCount { .. }), "{msg}");
