@@ -1,1 +1,57 @@
-fn main() {}
+//! The `ocellus` command: `run`, `check`, `infer`.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (a source or model failed while running, no frame was
+//! processed, an output could not be written); 2 a bad configuration or model bundle (also clap's code for
+//! a bad command line).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ocellus: real-time vision-language perception for robots.
+#[derive(Debug, Parser)]
+#[command(name = "ocellus", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace); overrides the config's logging level.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (errors only); overrides the config's logging level.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline: cameras -> prepare -> infer -> publish, with a live status line and a summary.
+    Run(cli::run::RunArgs),
+    /// Validate the configuration and the model bundle; one line per problem, exit 2 if there is any.
+    Check(cli::check::CheckArgs),
+    /// Run the models on image files (PNG, JPEG) and print the top prompts with their scores.
+    Infer(cli::infer::InferArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let verbosity = cli::Verbosity {
+        verbose: args.verbose,
+        quiet: args.quiet,
+    };
+    let result = match args.command {
+        Command::Run(a) => cli::run::run(a, verbosity),
+        Command::Check(a) => cli::check::check(a, verbosity),
+        Command::Infer(a) => cli::infer::infer(a, verbosity),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            for line in failure.message.lines() {
+                eprintln!("ocellus: {line}");
+            }
+            ExitCode::from(failure.code as u8)
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `ocellus run`: the pipeline with a live status line and a summary at exit.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use ocellus::config::Config;
+use ocellus::infer::Engine;
+use ocellus::manifest::Manifest;
+use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
+use ocellus::prompts::{PromptWatcher, TextEncoder, POLL_INTERVAL};
+use ocellus::sink::{LogSink, Sink, StatusMode, StatusReporter};
+use ocellus::stats::{Stage, Summary};
+
+use super::{init_logging, load_config, Failure, Verbosity};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML); without it, the built-in default: the synthetic camera and the bundled
+    /// demo model (models/demo).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Stop after this many published frames (all cameras together).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Also write the summary as JSON to this file (machine-readable; `-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Seconds between status lines (0 turns the live status off).
+    #[arg(long, default_value_t = 0.5)]
+    pub status_interval: f64,
+}
+
+/// The current prompt set and, when the prompts come from a file, the watcher that updates it.
+struct Prompts {
+    current: Arc<ArcSwap<ocellus::prompts::PromptSet>>,
+    _watcher: Option<PromptWatcher>,
+}
+
+pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
+    let config = load_config(args.config.as_deref())?;
+    init_logging(Some(&config.logging), v);
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(Failure::config(format!(
+                "--duration {d}: give a positive number of seconds"
+            )));
+        }
+    }
+    if !(args.status_interval.is_finite() && args.status_interval >= 0.0) {
+        return Err(Failure::config(
+            "--status-interval: give a number of seconds >= 0",
+        ));
+    }
+
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping exits at once (exit code 1).
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&interrupt))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&interrupt)))
+            .map_err(|e| Failure::runtime(format!("cannot install the signal handlers: {e}")))?;
+    }
+
+    // `_prompts` keeps the prompt watcher (if any) running until the pipeline has stopped.
+    let (mut pipeline, _prompts) = build(&config, args.frames)?;
+    pipeline
+        .start()
+        .map_err(|e| Failure::runtime(format!("cannot start the pipeline: {e}")))?;
+    let started = Instant::now();
+    let mut reporter = if args.status_interval > 0.0 {
+        StatusReporter::spawn(
+            Arc::clone(pipeline.stats()),
+            Duration::from_secs_f64(args.status_interval),
+            StatusMode::for_stderr(),
+            std::io::stderr(),
+        )
+        .map_err(|e| tracing::warn!(error = %e, "no live status: cannot start its thread"))
+        .ok()
+    } else {
+        None
+    };
+
+    let limit = args
+        .duration
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::MAX);
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() || pipeline.wait(left.min(Duration::from_secs(3600)), &interrupt) {
+            break;
+        }
+        if interrupt.load(Ordering::SeqCst) {
+            tracing::info!("signal received; stopping");
+            break;
+        }
+    }
+    pipeline.stop();
+    if let Some(r) = reporter.as_mut() {
+        r.stop();
+    }
+    let summary = pipeline.stats().summary();
+    print!("{summary}");
+    if let Some(path) = &args.summary_json {
+        write_json(path, &summary)?;
+    }
+    if summary.frames == 0 {
+        return Err(Failure::runtime(format!(
+            "no frame was processed in {:.1} s: see the log above for camera and model errors",
+            summary.duration_s
+        )));
+    }
+    Ok(())
+}
+
+/// Loads the model and prompts, opens the sources and allocates the pipeline (nothing runs yet).
+fn build(config: &Config, frames: Option<u64>) -> Result<(Pipeline, Prompts), Failure> {
+    let manifest = Manifest::load(&config.model.manifest).map_err(Failure::config)?;
+    let engine = Engine::load(&manifest, config.model.variant, config.model.threads)
+        .map_err(Failure::config)?;
+    tracing::info!(
+        model = %manifest.name,
+        variant = %config.model.variant,
+        threads = config.model.threads,
+        "models loaded"
+    );
+    let prompts = load_prompts(config, &manifest)?;
+
+    let mut cameras = Vec::with_capacity(config.cameras.len());
+    for (index, cam) in config.cameras.iter().enumerate() {
+        let source = ocellus::source::open(index, cam).map_err(|e| {
+            Failure::config(format!("config {}: camera[{index}]: {e}", config.origin))
+        })?;
+        cameras.push(CameraSpec {
+            name: cam.name.clone(),
+            source,
+            format: cam.format,
+            width: cam.width,
+            height: cam.height,
+            pool_size: cam.pool_size,
+        });
+    }
+    let b = &config.budgets;
+    let settings = PipelineSettings {
+        deadlines: Deadlines::default()
+            .with(Stage::Dequeue, Some(b.capture))
+            .with(Stage::Prepare, Some(b.prepare))
+            .with(Stage::Encoder, Some(b.encoder))
+            .with(Stage::Resampler, Some(b.resampler))
+            .with(Stage::Publish, Some(b.publish))
+            .with(Stage::EndToEnd, Some(b.end_to_end)),
+        max_frames: frames,
+        max_prompts: config.prompts.max,
+        ..PipelineSettings::default()
+    };
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LogSink::new())];
+    let pipeline = Pipeline::new(
+        settings,
+        cameras,
+        engine,
+        &manifest.preprocess,
+        Arc::clone(&prompts.current),
+        sinks,
+    )
+    .map_err(Failure::config)?;
+    Ok((pipeline, prompts))
+}
+
+fn load_prompts(config: &Config, manifest: &Manifest) -> Result<Prompts, Failure> {
+    let mut encoder = TextEncoder::load(manifest, config.model.variant).map_err(Failure::config)?;
+    if let Some(file) = &config.prompts.file {
+        if !config.prompts.labels.is_empty() {
+            tracing::warn!(
+                file = %file.display(),
+                "prompts.labels and prompts.file are both set: the watched file alone is used"
+            );
+        }
+        let watcher =
+            PromptWatcher::start(encoder, file.clone(), POLL_INTERVAL).map_err(Failure::config)?;
+        return Ok(Prompts {
+            current: watcher.prompts(),
+            _watcher: Some(watcher),
+        });
+    }
+    let labels = config
+        .prompts
+        .load(&config.origin)
+        .map_err(Failure::config)?;
+    let set = encoder.embed(&labels).map_err(Failure::config)?;
+    tracing::info!(prompts = set.len(), "prompts embedded");
+    Ok(Prompts {
+        current: Arc::new(ArcSwap::from_pointee(set)),
+        _watcher: None,
+    })
+}
+
+fn write_json(path: &std::path::Path, summary: &Summary) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(summary)
+        .map_err(|e| Failure::runtime(format!("cannot encode the summary: {e}")))?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+        return Ok(());
+    }
+    std::fs::write(path, text + "\n").map_err(|e| {
+        Failure::runtime(format!(
+            "cannot write the summary to {}: {e}",
+            path.display()
+        ))
+    })
+}
