@@ -50,13 +50,19 @@ struct TextOutputs {
 }
 
 pub fn bundle(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
 }
 
 fn load_index(dir: &Path) -> Index {
     let path = dir.join("reference/index.toml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (build the bundle with ocellus-tools)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (build the bundle with ocellus-tools)",
+            path.display()
+        )
+    });
     toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -79,13 +85,20 @@ pub struct Figures {
 
 impl Default for Figures {
     fn default() -> Self {
-        Figures { min_cosine: 1.0, max_abs: 0.0 }
+        Figures {
+            min_cosine: 1.0,
+            max_abs: 0.0,
+        }
     }
 }
 
 impl Figures {
     fn add(&mut self, ours: &[f32], reference: &[f32]) {
-        assert_eq!(ours.len(), reference.len(), "length differs from the reference");
+        assert_eq!(
+            ours.len(),
+            reference.len(),
+            "length differs from the reference"
+        );
         let (mut dot, mut na, mut nb, mut max_abs) = (0f64, 0f64, 0f64, 0f64);
         for (&a, &b) in ours.iter().zip(reference) {
             let (a, b) = (f64::from(a), f64::from(b));
@@ -120,14 +133,25 @@ pub fn check_vision(dir: &Path, variant: Variant) -> [Figures; 3] {
             .outputs
             .get(&variant.to_string())
             .unwrap_or_else(|| panic!("{}: no {variant} outputs", image.id));
-        engine.run(pixels, &mut out).unwrap_or_else(|e| panic!("{}: {e}", image.id));
+        engine
+            .run(pixels, &mut out)
+            .unwrap_or_else(|e| panic!("{}: {e}", image.id));
         let patch = npy_f32(dir, &refs.patch_tokens);
         let embeds = npy_f32(dir, &refs.image_embeds);
         let latents = npy_f32(dir, &refs.latents);
-        assert_eq!(patch.shape()[1..], [out.patch_tokens_shape.0, out.patch_tokens_shape.1]);
-        assert_eq!(latents.shape()[1..], [out.latents_shape.0, out.latents_shape.1]);
+        assert_eq!(
+            patch.shape()[1..],
+            [out.patch_tokens_shape.0, out.patch_tokens_shape.1]
+        );
+        assert_eq!(
+            latents.shape()[1..],
+            [out.latents_shape.0, out.latents_shape.1]
+        );
         figures[0].add(&out.patch_tokens, patch.as_slice().expect("C order"));
-        figures[1].add(&out.image_embeds, &normalised(embeds.as_slice().expect("C order")));
+        figures[1].add(
+            &out.image_embeds,
+            &normalised(embeds.as_slice().expect("C order")),
+        );
         figures[2].add(&out.latents, latents.as_slice().expect("C order"));
     }
     println!(
@@ -141,7 +165,10 @@ pub fn check_vision(dir: &Path, variant: Variant) -> [Figures; 3] {
         figures[2].min_cosine,
         figures[2].max_abs
     );
-    for (name, f) in ["patch_tokens", "image_embeds", "latents"].iter().zip(&figures) {
+    for (name, f) in ["patch_tokens", "image_embeds", "latents"]
+        .iter()
+        .zip(&figures)
+    {
         assert!(
             f.min_cosine >= MIN_COSINE,
             "{} {variant}: {name} cosine {} < {MIN_COSINE}",
@@ -163,10 +190,18 @@ pub fn check_text(dir: &Path, variant: Variant) -> Figures {
     assert_eq!(ids.shape(), [prompts.len(), manifest.text.context_length]);
     for (k, prompt) in prompts.iter().enumerate() {
         let (our_ids, our_mask) = encoder.tokenize(prompt).unwrap_or_else(|e| panic!("{e}"));
-        let want: Vec<i64> = ids.index_axis(ndarray::Axis(0), k).iter().copied().collect();
+        let want: Vec<i64> = ids
+            .index_axis(ndarray::Axis(0), k)
+            .iter()
+            .copied()
+            .collect();
         assert_eq!(our_ids, want, "token ids of {prompt:?}");
         if encoder.uses_attention_mask() {
-            let want: Vec<i64> = mask.index_axis(ndarray::Axis(0), k).iter().copied().collect();
+            let want: Vec<i64> = mask
+                .index_axis(ndarray::Axis(0), k)
+                .iter()
+                .copied()
+                .collect();
             assert_eq!(our_mask, want, "attention mask of {prompt:?}");
         }
     }
@@ -179,7 +214,11 @@ pub fn check_text(dir: &Path, variant: Variant) -> Figures {
     let reference = npy_f32(dir, &refs.text_embeds);
     let mut figures = Figures::default();
     for k in 0..set.len() {
-        let row: Vec<f32> = reference.index_axis(ndarray::Axis(0), k).iter().copied().collect();
+        let row: Vec<f32> = reference
+            .index_axis(ndarray::Axis(0), k)
+            .iter()
+            .copied()
+            .collect();
         figures.add(set.embedding(k), &normalised(&row));
     }
     println!(
