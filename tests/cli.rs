@@ -291,7 +291,7 @@ fn check_rejects_a_format_the_source_cannot_deliver() {
         images.display().to_string()
     );
     let config = write_config(tmp.path(), &demo_manifest(), &camera, PROMPTS);
-    assert_check_rejects(&config, &["files", "yuyv"]);
+    assert_check_rejects(&config, &["camera[0]", "cannot deliver yuyv"]);
 }
 
 /// Renders the scene drawn from `seed` as a `w` x `h` RGB PNG at `path`; returns its class index.
