@@ -12,7 +12,14 @@ use clap::{Parser, Subcommand};
 
 /// ocellus: real-time vision-language perception for robots.
 #[derive(Debug, Parser)]
-#[command(name = "ocellus", version, about, long_about = None)]
+#[command(
+    name = "ocellus",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success; 1 runtime failure (a source or model failed while running, no frame \
+                  processed, an output not written); 2 bad configuration, model bundle or command line."
+)]
 struct Cli {
     /// More log output (-v: debug, -vv: trace); overrides the config's logging level.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -425,3 +425,56 @@ fn corrupt_replay_frames_are_counted_and_skipped() {
         describe(&out)
     );
 }
+
+#[test]
+fn sigterm_stops_a_run_cleanly_with_a_summary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let json = tmp.path().join("summary.json");
+    let err_path = tmp.path().join("stderr.txt");
+    let err_file = std::fs::File::create(&err_path).expect("stderr file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ocellus"))
+        .args(["run", "--status-interval", "0.2", "--summary-json"])
+        .arg(&json)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(err_file))
+        .spawn()
+        .expect("spawn ocellus run");
+    let until = Instant::now() + WATCHDOG;
+    // Wait until frames flow (the status line counts them), then ask it to stop.
+    loop {
+        let text = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let published = |l: &str| {
+            l.split_once("| frames ")
+                .and_then(|(_, rest)| rest.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        };
+        if text.lines().any(|l| l.starts_with("fps ") && published(l)) {
+            break;
+        }
+        if Instant::now() > until || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!("watchdog: no frames from `ocellus run`\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) with a valid signal on our own child's pid has no memory effects.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("watchdog: `ocellus run` ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let s = read_summary(&json);
+    assert!(s.frames >= 1, "{stderr}");
+}
