@@ -423,3 +423,80 @@ fn fuzzed_segments_give_typed_errors_never_panics() {
         }
     }
 }
+
+#[test]
+fn sink_publishes_frame_results_and_keeps_the_status_block() {
+    use ocellus::pipeline::{FrameResult, FLAG_DEGRADED};
+    use ocellus::shm::{ShmSink, ShmSinkConfig};
+    use ocellus::sink::Sink;
+    use ocellus::stats::{Stage, Stats};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+
+    let name = Name::new("sink");
+    let mut cfg = ShmSinkConfig::new(config(&name, LatentsDtype::F16));
+    cfg.stall_after = Duration::from_millis(60);
+    let stats = Arc::new(Stats::new(2));
+    stats.camera(1).counters.captured.store(12, Relaxed);
+    stats.camera(1).counters.dropped.store(2, Relaxed);
+    stats.camera(1).counters.late[Stage::Encoder.index()].store(1, Relaxed);
+    stats.camera(1).counters.lost.store(true, Relaxed);
+    let mut sink = ShmSink::create(&cfg, Some(stats.clone())).expect("create sink");
+
+    let d = dims(LatentsDtype::F16);
+    let s = sample(5, &d);
+    let labels = vec![
+        "a cat".to_string(),
+        "a dog".to_string(),
+        "a car".to_string(),
+    ];
+    let mut stage_ns = [0u64; 7];
+    stage_ns[Stage::Prepare.index()] = 1_000;
+    let result = FrameResult {
+        camera: 1,
+        sequence: 5,
+        capture_ns: 1,
+        publish_ns: 2,
+        stage_ns,
+        flags: Stage::Encoder.late_bit(),
+        image_embeds: &s.embedding,
+        latents: &s.latents,
+        latents_shape: (d.num_latents, d.latent_dim),
+        scores: &s.scores[..3],
+        labels: &labels,
+        prompt_version: 4,
+        ground_truth: None,
+        ground_truth_label: None,
+    };
+    sink.publish(&result).expect("publish");
+    sink.publish(&result).expect("publish again");
+
+    let mut r = ShmReader::open(&name.0).expect("open");
+    let mut got = r.new_sample();
+    let info = r.read_latest(1, &mut got).expect("read");
+    assert_eq!(info.sequence, 5);
+    assert_eq!(info.published, 2);
+    assert_eq!(got.embedding, s.embedding);
+    assert_eq!(got.scores(), &s.scores[..3]);
+    assert_eq!(got.meta.deadline_misses, 2, "both frames were late");
+    assert_eq!(got.meta.stages_ns[Stage::Prepare.index()], 1_000);
+    assert_eq!(got.meta.flags & FLAG_DEGRADED as u64, 0);
+    assert_eq!(r.prompts().expect("prompts").labels, labels);
+    let counters = eventually(
+        "the heartbeat thread to copy the counters and flag camera 0 stalled",
+        || {
+            let c0 = r.counters(0).ok()?;
+            let c1 = r.counters(1).ok()?;
+            (c1.captured == 12 && c0.flags & layout::FLAG_STALLED != 0).then_some(c1)
+        },
+    );
+    assert_eq!(counters.dropped, 2);
+    assert_eq!(counters.late[Stage::Encoder.index()], 1);
+    assert_ne!(counters.flags & layout::FLAG_CAMERA_LOST, 0);
+    assert!(r.memory_high_water() > 0);
+    sink.stop();
+    assert!(matches!(
+        r.read_latest(1, &mut got),
+        Err(ReadError::NotRunning { .. })
+    ));
+}
