@@ -22,6 +22,8 @@ const L: usize = 16;
 const D: usize = 96;
 const K: usize = 16;
 const CHILD_ENV: &str = "OCELLUS_SHM_STRESS_CHILD";
+/// A reader stops when the writer's heartbeat has been stale this long (the parent test is gone).
+const STALE_GIVE_UP: Duration = Duration::from_secs(10);
 /// Fails the test instead of hanging if a reader never finishes.
 const WATCHDOG: Duration = Duration::from_secs(300);
 
@@ -151,8 +153,30 @@ fn parse(lang: &str, stdout: &str) -> Counts {
     }
 }
 
-/// Waits for `child` until `deadline`; kills it and fails the test past that.
-fn wait(lang: &str, mut child: Child, deadline: Instant) -> String {
+/// A reader process, killed if the test fails before it finishes.
+struct Reader(Child);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Removes the segment even when the test fails with the writer still holding it.
+struct Unlink(String);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/dev/shm{}", self.0));
+    }
+}
+
+/// Waits for `reader` until `deadline`; kills it and fails the test past that.
+fn wait(lang: &str, mut reader: Reader, deadline: Instant) -> String {
+    let child = &mut reader.0;
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
@@ -171,11 +195,7 @@ fn wait(lang: &str, mut child: Child, deadline: Instant) -> String {
                 return out;
             }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{lang} reader did not finish within {WATCHDOG:?}");
-            }
+            Ok(None) => panic!("{lang} reader did not finish within {WATCHDOG:?}"),
             Err(e) => panic!("wait for the {lang} reader: {e}"),
         }
     }
@@ -198,8 +218,18 @@ fn rust_reader_child() {
     let mut scratch = reader.new_sample();
     let (mut accepted, mut torn, mut exhausted, mut other, mut retries) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut stale_since: Option<Instant> = None;
     while accepted < target {
-        match reader.read_latest(0, &mut sample) {
+        let read = reader.read_latest(0, &mut sample);
+        if let Err(ReadError::Stale { .. }) = read {
+            // The writer is starved or gone: give up if it stays so (the parent may have failed).
+            if stale_since.get_or_insert_with(Instant::now).elapsed() > STALE_GIVE_UP {
+                break;
+            }
+        } else {
+            stale_since = None;
+        }
+        match read {
             Ok(info) if intact(&sample, &mut scratch) => {
                 accepted += 1;
                 retries += u64::from(info.retries);
@@ -221,6 +251,7 @@ fn writer_and_three_readers_accept_no_torn_sample() {
     // Generous: a starved heartbeat on a loaded machine must not look like a dead writer.
     config.heartbeat_period = Duration::from_secs(1);
     let mut writer = ShmWriter::create(&config).expect("create the stress segment");
+    let _unlink = Unlink(name.clone());
     let hb = writer.heartbeat_handle();
 
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -290,11 +321,13 @@ fn writer_and_three_readers_accept_no_torn_sample() {
     } else {
         (50_000, 940_000, 20_000, 0)
     };
-    let spawn = |cmd: &mut Command| -> Child {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn a reader")
+    let spawn = |cmd: &mut Command| -> Reader {
+        Reader(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn a reader"),
+        )
     };
     let exe = std::env::current_exe().expect("test binary path");
     let rust = spawn(

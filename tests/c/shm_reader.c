@@ -40,6 +40,7 @@ int main(int argc, char **argv) {
     ocellus_shm_info info;
     uint32_t cameras, e, l, d, k;
     unsigned long long target, accepted = 0, torn = 0, exhausted = 0, other = 0, retries = 0;
+    uint64_t stale_since = 0;
     int rc, attempts;
     if (argc != 3) {
         fprintf(stderr, "usage: %s NAME ACCEPTED\n", argv[0]);
@@ -68,6 +69,14 @@ int main(int argc, char **argv) {
     if (!s.embedding || !s.latents || !s.scores) return 2;
     while (accepted < target) {
         rc = ocellus_shm_read_latest(&shm, 0, &s, &info);
+        if (rc == OCELLUS_SHM_E_STALE) {
+            /* The writer is starved or gone: give up if it stays so for 10 s (the parent test may have failed). */
+            uint64_t now = ocellus_shm__now_ns();
+            if (!stale_since) stale_since = now;
+            if (now - stale_since > 10000000000ull) break;
+        } else {
+            stale_since = 0;
+        }
         if (rc == OCELLUS_SHM_OK) {
             if (check(&s, e, l * d, k)) {
                 accepted++;

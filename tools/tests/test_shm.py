@@ -242,9 +242,18 @@ def stress_read(name: str, target: int) -> int:
             time.sleep(0.001)
     lay = r.layout
     accepted = torn = exhausted = other = retries = 0
+    stale_since = None
     while accepted < target:
         try:
             s, info = r.read_latest(0)
+            stale_since = None
+        except shm.Stale:
+            # The writer is starved or gone: give up if it stays so (the parent test may have failed).
+            stale_since = stale_since or time.monotonic()
+            if time.monotonic() - stale_since > 10:
+                break
+            other += 1
+            continue
         except shm.RetriesExhausted:
             exhausted += 1
             continue
