@@ -1,0 +1,277 @@
+//! Configuration: the embedded default and the documented example load; every bad case is rejected with a
+//! message naming the file and the key. Fixtures are in tests/fixtures/config/.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ocellus::config::{Config, ConfigError, LogFormat, Origin, SourceConfig, SourceKind};
+use ocellus::frame::PixelFormat;
+use ocellus::manifest::Variant;
+use ocellus::source::write_raw_file;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(name)
+}
+
+#[test]
+fn embedded_default_loads() {
+    let config = Config::embedded().expect("the embedded default is valid");
+    assert_eq!(config.origin, Origin::Embedded);
+    assert_eq!(config.cameras.len(), 1);
+    let cam = &config.cameras[0];
+    assert_eq!(cam.kind(), SourceKind::Synthetic);
+    assert_eq!(
+        (cam.format, cam.width, cam.height, cam.fps),
+        (PixelFormat::Yuyv, 640, 480, 30)
+    );
+    assert_eq!(cam.max_frame_bytes(), 640 * 480 * 2);
+    assert_eq!(config.model.variant, Variant::Fp32);
+    assert!(config.model.manifest.ends_with("models/demo/manifest.toml"));
+    assert_eq!(config.prompts.labels.len(), 16);
+    assert_eq!(config.prompts.labels[0], "a red circle");
+    assert_eq!(config.prompts.load(&config.origin).unwrap().len(), 16);
+    assert_eq!(config.budgets.prepare, Duration::from_millis(5));
+    assert_eq!(config.shm.mode, 0o640);
+    assert_eq!(Config::load_or_default(None).unwrap(), config);
+}
+
+#[test]
+fn documented_example_loads_with_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bsp/ocellus.example.toml");
+    let example = Config::load(&path).expect("the example config is valid");
+    let default = Config::embedded().unwrap();
+    // Everything is commented out in the example, so it equals the defaults (bar names and paths).
+    assert_eq!(example.cameras[0].format, default.cameras[0].format);
+    assert_eq!(example.cameras[0].source, default.cameras[0].source);
+    assert_eq!(example.budgets, default.budgets);
+    assert_eq!(example.prompts.labels, default.prompts.labels);
+    assert_eq!(example.shm, default.shm);
+    assert_eq!(example.logging, default.logging);
+    assert_eq!(
+        example.model.manifest,
+        path.parent().unwrap().join("models/demo/manifest.toml")
+    );
+}
+
+#[test]
+fn every_key_of_a_full_config_is_read() {
+    let path = fixture("good_full.toml");
+    let config = Config::load(&path).expect("valid");
+    let dir = path.parent().unwrap();
+    assert_eq!(config.cameras.len(), 2);
+    let front = &config.cameras[0];
+    assert_eq!(front.name, "front");
+    assert_eq!(
+        front.source,
+        SourceConfig::Synthetic {
+            seed: 42,
+            hold_frames: 5
+        }
+    );
+    assert_eq!(
+        (
+            front.format,
+            front.width,
+            front.height,
+            front.fps,
+            front.pool_size
+        ),
+        (PixelFormat::Nv12, 320, 240, 0, 3)
+    );
+    assert_eq!(front.frame_period(), None);
+    let rear = &config.cameras[1];
+    assert_eq!(
+        rear.source,
+        SourceConfig::V4l2 {
+            device: "/dev/video2".into()
+        }
+    );
+    assert_eq!(rear.pool_size, 4);
+    assert_eq!(config.model.manifest, dir.join("bundle/manifest.toml"));
+    assert_eq!(
+        (config.model.variant, config.model.threads),
+        (Variant::Int8, 2)
+    );
+    assert_eq!(
+        config.prompts.file.as_deref(),
+        Some(dir.join("prompts.txt").as_path())
+    );
+    assert_eq!(
+        config.prompts.load(&config.origin).unwrap(),
+        ["a red circle", "a blue square", "a green cross"]
+    );
+    assert_eq!(config.budgets.memory_mib, 256);
+    assert_eq!(config.budgets.capture, Duration::from_secs_f64(0.0333));
+    assert_eq!(config.budgets.end_to_end, Duration::from_millis(80));
+    assert_eq!(config.budgets.encoder, Duration::from_millis(50));
+    assert_eq!(config.shm.name, "ocellus-test");
+    assert_eq!(
+        (config.shm.mode, config.shm.group.as_deref()),
+        (0o660, Some("robot"))
+    );
+    assert_eq!(config.logging.level, tracing::Level::DEBUG);
+    assert_eq!(config.logging.format, LogFormat::Json);
+}
+
+/// (fixture, key the error must name, words the message must hold)
+const BAD: &[(&str, &str, &str)] = &[
+    ("unknown_key.toml", "camera[0]", "pixel_fromat"),
+    (
+        "unknown_format.toml",
+        "camera[0].pixel-format",
+        "unknown format 'yuv2' (expected one of yuyv, nv12",
+    ),
+    ("unknown_section.toml", "", "modle"),
+    ("empty_prompts.toml", "prompts", "prompt list is empty"),
+    ("odd_width_yuyv.toml", "camera[0].width", "even width"),
+    (
+        "wrong_type.toml",
+        "camera[0].width",
+        "expected a whole number",
+    ),
+    ("bad_variant.toml", "model.variant", "'fp16'"),
+    ("bad_shm_mode.toml", "shm.mode", "octal"),
+    (
+        "seed_on_replay.toml",
+        "camera[0].seed",
+        "only applies to source = \"synthetic\"",
+    ),
+    ("no_camera.toml", "camera", "[[camera]]"),
+    ("zero_deadline.toml", "budgets.prepare-ms", "above 0"),
+    ("duplicate_camera.toml", "camera[1].name", "used twice"),
+    (
+        "v4l2_without_device.toml",
+        "camera[0].device",
+        "/dev/video0",
+    ),
+    (
+        "missing_replay_path.toml",
+        "camera[0].path",
+        "no/such/recording.raw",
+    ),
+];
+
+#[test]
+fn bad_configs_name_the_file_and_the_key() {
+    for &(name, key, words) in BAD {
+        let path = fixture(name);
+        let err = Config::load(&path).expect_err(name);
+        let message = err.to_string();
+        eprintln!("{message}");
+        assert!(
+            message.starts_with(&format!("config {}: ", path.display())),
+            "{name}: {message}"
+        );
+        assert!(
+            matches!(err, ConfigError::Invalid { .. }),
+            "{name}: {err:?}"
+        );
+        assert!(
+            err.key().unwrap().contains(key),
+            "{name}: key {:?} in {message}",
+            err.key()
+        );
+        assert!(
+            message.contains(words),
+            "{name}: '{words}' not in {message}"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_line() {
+    let path = fixture("bad_syntax.toml");
+    let err = Config::load(&path).expect_err("bad syntax");
+    let message = err.to_string();
+    assert!(
+        matches!(err, ConfigError::Syntax { line: Some(1), .. }),
+        "{err:?}"
+    );
+    assert!(message.contains("bad_syntax.toml line 1"), "{message}");
+}
+
+#[test]
+fn a_missing_file_is_an_error_naming_it() {
+    let err = Config::load(Path::new("/no/such/ocellus.toml")).expect_err("missing");
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("/no/such/ocellus.toml"), "{err}");
+}
+
+/// A replay camera must ask for what its recording holds (format and size); an image directory delivers rgb24
+/// or mjpeg.
+#[test]
+fn replay_cameras_must_match_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("rec.raw");
+    let frame = vec![16u8; PixelFormat::Nv12.frame_bytes(32, 16).unwrap()];
+    write_raw_file(
+        &raw,
+        PixelFormat::Nv12,
+        32,
+        16,
+        [(frame.as_slice(), Some(3))],
+    )
+    .unwrap();
+    let write = |text: &str| {
+        let path = dir.path().join("ocellus.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ok = write("[[camera]]\nsource = \"replay\"\npath = \"rec.raw\"\npixel-format = \"nv12\"\nwidth = 32\nheight = 16\n");
+    let config = Config::load(&ok).expect("matching replay camera");
+    assert_eq!(
+        config.cameras[0].source,
+        SourceConfig::Replay {
+            path: raw.clone(),
+            looping: true
+        }
+    );
+
+    let wrong_format = write("[[camera]]\nsource = \"replay\"\npath = \"rec.raw\"\npixel-format = \"yuyv\"\nwidth = 32\nheight = 16\n");
+    let err = Config::load(&wrong_format).expect_err("format the recording does not hold");
+    assert_eq!(err.key(), Some("camera[0].pixel-format"), "{err}");
+    assert!(
+        err.to_string().contains("cannot deliver yuyv") && err.to_string().contains("nv12"),
+        "{err}"
+    );
+
+    let wrong_size = write("[[camera]]\nsource = \"replay\"\npath = \"rec.raw\"\npixel-format = \"nv12\"\nwidth = 64\nheight = 16\n");
+    let err = Config::load(&wrong_size).expect_err("size the recording does not hold");
+    assert_eq!(err.key(), Some("camera[0].width"), "{err}");
+
+    // A directory of PNGs delivers rgb24, not mjpeg.
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let png = images.join("a.png");
+    let file = std::io::BufWriter::new(std::fs::File::create(&png).unwrap());
+    let mut enc = png::Encoder::new(file, 4, 2);
+    enc.set_color(png::ColorType::Rgb);
+    enc.write_header()
+        .unwrap()
+        .write_image_data(&[7u8; 24])
+        .unwrap();
+    let mjpeg = write("[[camera]]\nsource = \"replay\"\npath = \"images\"\npixel-format = \"mjpeg\"\nwidth = 4\nheight = 2\n");
+    let err = Config::load(&mjpeg).expect_err("png directory as mjpeg");
+    assert!(err.to_string().contains("rgb24"), "{err}");
+    let rgb = write("[[camera]]\nsource = \"replay\"\npath = \"images\"\npixel-format = \"rgb24\"\nwidth = 4\nheight = 2\n");
+    Config::load(&rgb).expect("png directory as rgb24");
+}
+
+#[test]
+fn prompts_file_alone_replaces_the_demo_prompts_and_must_not_be_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.txt"), "# nothing yet\n\n").unwrap();
+    let path = dir.path().join("ocellus.toml");
+    std::fs::write(&path, "[[camera]]\n[prompts]\nfile = \"p.txt\"\n").unwrap();
+    let err = Config::load(&path).expect_err("empty prompts file");
+    assert!(err.to_string().contains("prompt list is empty"), "{err}");
+    std::fs::write(dir.path().join("p.txt"), "a person\na door\n").unwrap();
+    let config = Config::load(&path).unwrap();
+    assert!(config.prompts.labels.is_empty());
+    assert_eq!(
+        config.prompts.load(&config.origin).unwrap(),
+        ["a person", "a door"]
+    );
+}
