@@ -1,0 +1,134 @@
+//! Frame sources: where frames come from, behind one trait.
+//!
+//! Real-time contract: a source allocates what it needs in `new` and `start` (scratch buffers, decoded replay
+//! frames); `next_frame` writes into the caller's pooled [`FrameBuf`] and never allocates or reallocates it
+//! (one exception: the synthetic camera's MJPEG encoder allocates inside `jpeg-encoder`). `next_frame` blocks
+//! until the next frame is due (pacing to `fps`); a V4L2 source (issue 5) blocks on the device with a timeout
+//! and fits the same trait.
+
+use std::path::PathBuf;
+
+use crate::config::{CameraConfig, SourceConfig};
+use crate::frame::{FrameBuf, PixelFormat};
+
+pub mod replay;
+pub mod synthetic;
+
+pub use replay::{write_raw_file, RawFrameWriter, ReplayProbe, ReplaySource};
+pub use synthetic::SyntheticSource;
+
+/// A camera, file or generator that delivers frames one at a time.
+pub trait FrameSource: Send {
+    /// One line for logs: kind, name, format, size, rate.
+    fn describe(&self) -> String;
+    /// Opens the source and checks that it can deliver the configured format and size; allocates what
+    /// `next_frame` needs. Errors here are configuration or hardware problems a person must fix.
+    fn start(&mut self) -> Result<(), SourceError>;
+    /// Blocks until the next frame (or a timeout); writes it into `buf` (never reallocates it) and fills
+    /// `buf.meta`.
+    fn next_frame(&mut self, buf: &mut FrameBuf) -> Result<(), SourceError>;
+    /// Releases the device or file; `start` may be called again.
+    fn stop(&mut self);
+    /// Bytes a buffer needs to hold any frame of this source (pools are sized with it).
+    fn max_frame_bytes(&self) -> usize;
+}
+
+/// Why a source could not start or deliver a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("camera {camera}: cannot deliver {format} at {width}x{height}: {reason}")]
+    Unsupported {
+        camera: String,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        reason: String,
+    },
+    #[error("failed to open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    BadFile { path: PathBuf, message: String },
+    #[error("frame buffer of {capacity} bytes is too small for a {needed}-byte frame: size pools with max_frame_bytes()")]
+    BufferTooSmall { needed: usize, capacity: usize },
+    #[error("camera {camera}: next_frame called before start()")]
+    NotStarted { camera: String },
+    #[error("camera {camera}: replay reached its last frame (set loop = true to replay again)")]
+    EndOfStream { camera: String },
+    #[error("camera {camera}: no frame within {timeout_ms} ms")]
+    Timeout { camera: String, timeout_ms: u64 },
+    #[error("camera {camera}: encoding the frame as {format} failed: {message}")]
+    Encode {
+        camera: String,
+        format: PixelFormat,
+        message: String,
+    },
+    #[error("camera {camera}: source \"{kind}\" is not available in this build: {hint}")]
+    NotAvailable {
+        camera: String,
+        kind: &'static str,
+        hint: &'static str,
+    },
+}
+
+/// Makes the source of camera number `index` as configured (not started).
+pub fn open(index: usize, camera: &CameraConfig) -> Result<Box<dyn FrameSource>, SourceError> {
+    match &camera.source {
+        SourceConfig::Synthetic { .. } => Ok(Box::new(SyntheticSource::new(index, camera)?)),
+        SourceConfig::Replay { .. } => Ok(Box::new(ReplaySource::new(index, camera)?)),
+        SourceConfig::V4l2 { .. } => Err(SourceError::NotAvailable {
+            camera: camera.name.clone(),
+            kind: "v4l2",
+            hint: "V4L2 capture arrives with issue 5; use source = \"synthetic\" or \"replay\" meanwhile",
+        }),
+    }
+}
+
+/// Sleeps until `deadline_ns` on CLOCK_MONOTONIC (returns at once if it has passed).
+pub(crate) fn sleep_until(deadline_ns: u64) {
+    let now = crate::frame::monotonic_ns();
+    if deadline_ns > now {
+        std::thread::sleep(std::time::Duration::from_nanos(deadline_ns - now));
+    }
+}
+
+/// Paces frames to a rate: the deadline of frame n is `first + n * period`; when a frame is late by more than a
+/// period the schedule restarts from now instead of bursting to catch up.
+#[derive(Debug, Clone)]
+pub(crate) struct Pacer {
+    period_ns: u64,
+    next_ns: u64,
+}
+
+impl Pacer {
+    pub(crate) fn new(fps: u32) -> Pacer {
+        Pacer {
+            period_ns: if fps == 0 {
+                0
+            } else {
+                1_000_000_000 / fps as u64
+            },
+            next_ns: 0,
+        }
+    }
+
+    /// Waits for the next deadline; returns the time it is (the frame's capture time).
+    pub(crate) fn wait(&mut self) -> u64 {
+        if self.period_ns == 0 {
+            return crate::frame::monotonic_ns();
+        }
+        let now = crate::frame::monotonic_ns();
+        if self.next_ns == 0 || now > self.next_ns + self.period_ns {
+            self.next_ns = now;
+        }
+        sleep_until(self.next_ns);
+        self.next_ns += self.period_ns;
+        crate::frame::monotonic_ns()
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next_ns = 0;
+    }
+}
