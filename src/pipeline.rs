@@ -375,6 +375,14 @@ impl Pipeline {
         &self.stats
     }
 
+    /// Adds a sink before [`Pipeline::start`] (for sinks that need [`Pipeline::stats`], like the shared-memory
+    /// sink's status block).
+    pub fn add_sink(&mut self, sink: Box<dyn Sink>) -> Result<(), PipelineError> {
+        let infer = self.infer.as_mut().ok_or(PipelineError::AlreadyStarted)?;
+        infer.sinks.push(sink);
+        Ok(())
+    }
+
     /// Spawns the inference thread and one capture thread per camera.
     pub fn start(&mut self) -> Result<(), PipelineError> {
         let infer = self.infer.take().ok_or(PipelineError::AlreadyStarted)?;

@@ -73,6 +73,11 @@ fn ocellus(args: &[&str]) -> Output {
     }
 }
 
+/// A shared-memory name of this test process alone (tests run in parallel, each `run` publishes).
+fn shm_name(test: &str) -> String {
+    format!("ocellus-test-{}-{test}", std::process::id())
+}
+
 fn describe(o: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -145,6 +150,7 @@ fn run_without_config_scores_the_demo_scenes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let json = tmp.path().join("summary.json");
     let json_arg = json.display().to_string();
+    let shm = shm_name("run");
     let out = ocellus(&[
         "run",
         "--frames",
@@ -153,6 +159,8 @@ fn run_without_config_scores_the_demo_scenes() {
         &json_arg,
         "--status-interval",
         "0.5",
+        "--shm",
+        &shm,
     ]);
     assert_eq!(out.code, Some(0), "{}", describe(&out));
     let s = read_summary(&json);
@@ -177,6 +185,15 @@ fn run_without_config_scores_the_demo_scenes() {
         out.stderr.contains("fps "),
         "no live status line\n{}",
         describe(&out)
+    );
+    assert!(
+        out.stderr.contains("publishing into shared memory"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !Path::new("/dev/shm").join(&shm).exists(),
+        "the segment outlived a clean stop"
     );
 }
 
@@ -406,6 +423,8 @@ fn corrupt_replay_frames_are_counted_and_skipped() {
         &json.display().to_string(),
         "--status-interval",
         "0",
+        "--shm",
+        &shm_name("replay"),
     ]);
     assert_eq!(out.code, Some(0), "{}", describe(&out));
     let s = read_summary(&json);
@@ -433,7 +452,14 @@ fn sigterm_stops_a_run_cleanly_with_a_summary() {
     let err_path = tmp.path().join("stderr.txt");
     let err_file = std::fs::File::create(&err_path).expect("stderr file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ocellus"))
-        .args(["run", "--status-interval", "0.2", "--summary-json"])
+        .args([
+            "run",
+            "--status-interval",
+            "0.2",
+            "--shm",
+            &shm_name("term"),
+            "--summary-json",
+        ])
         .arg(&json)
         .current_dir(root())
         .stdin(Stdio::null())

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ocellus::config::Config;
 use ocellus::infer::Engine;
-use ocellus::manifest::Manifest;
+use ocellus::manifest::{Manifest, Role};
 use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
 use ocellus::prompts::{PromptWatcher, TextEncoder, POLL_INTERVAL};
+use ocellus::shm::{Dims, LatentsDtype, ShmSink, ShmSinkConfig, WriterConfig};
 use ocellus::sink::{LogSink, Sink, StatusMode, StatusReporter};
 use ocellus::stats::{Stage, Summary};
 
@@ -34,6 +35,12 @@ pub struct RunArgs {
     /// Seconds between status lines (0 turns the live status off).
     #[arg(long, default_value_t = 0.5)]
     pub status_interval: f64,
+    /// Publish into this shared-memory segment instead of the config's `shm.name`.
+    #[arg(long, value_name = "NAME", conflicts_with = "no_shm")]
+    pub shm: Option<String>,
+    /// Do not publish into shared memory.
+    #[arg(long)]
+    pub no_shm: bool,
 }
 
 /// The current prompt set and, when the prompts come from a file, the watcher that updates it.
@@ -67,7 +74,7 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
     }
 
     // `_prompts` keeps the prompt watcher (if any) running until the pipeline has stopped.
-    let (mut pipeline, _prompts) = build(&config, args.frames)?;
+    let (mut pipeline, _prompts) = build(&config, &args)?;
     pipeline
         .start()
         .map_err(|e| Failure::runtime(format!("cannot start the pipeline: {e}")))?;
@@ -118,7 +125,7 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
 }
 
 /// Loads the model and prompts, opens the sources and allocates the pipeline (nothing runs yet).
-fn build(config: &Config, frames: Option<u64>) -> Result<(Pipeline, Prompts), Failure> {
+fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompts), Failure> {
     let manifest = Manifest::load(&config.model.manifest).map_err(Failure::config)?;
     let engine = Engine::load(&manifest, config.model.variant, config.model.threads)
         .map_err(Failure::config)?;
@@ -153,12 +160,20 @@ fn build(config: &Config, frames: Option<u64>) -> Result<(Pipeline, Prompts), Fa
             .with(Stage::Resampler, Some(b.resampler))
             .with(Stage::Publish, Some(b.publish))
             .with(Stage::EndToEnd, Some(b.end_to_end)),
-        max_frames: frames,
+        max_frames: args.frames,
         max_prompts: config.prompts.max,
         ..PipelineSettings::default()
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LogSink::new())];
-    let pipeline = Pipeline::new(
+    let dims = Dims {
+        cameras: config.cameras.len(),
+        embed_dim: engine.embed_dim(),
+        num_latents: manifest.resampler.num_latents,
+        latent_dim: manifest.resampler.latent_dim,
+        max_prompts: config.prompts.max,
+        latents_dtype: LatentsDtype::F32,
+    };
+    let mut pipeline = Pipeline::new(
         settings,
         cameras,
         engine,
@@ -167,6 +182,26 @@ fn build(config: &Config, frames: Option<u64>) -> Result<(Pipeline, Prompts), Fa
         sinks,
     )
     .map_err(Failure::config)?;
+    if !args.no_shm {
+        let name = args.shm.as_deref().unwrap_or(&config.shm.name);
+        let mut writer = WriterConfig::new(format!("/{}", name.trim_start_matches('/')), dims);
+        writer.mode = config.shm.mode;
+        writer.group = config.shm.group.clone();
+        writer.model_id = format!("{}:{}", manifest.name, config.model.variant);
+        writer.model_sha256 = manifest
+            .file(Role::Vision, config.model.variant)
+            .map(|f| f.sha256.clone())
+            .unwrap_or_default();
+        let sink = ShmSink::create(
+            &ShmSinkConfig::new(writer),
+            Some(Arc::clone(pipeline.stats())),
+        )
+        .map_err(|e| Failure::config(format!("{e} (or run with --no-shm)")))?;
+        tracing::info!(segment = %sink.writer().name(), "publishing into shared memory");
+        pipeline
+            .add_sink(Box::new(sink))
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+    }
     Ok((pipeline, prompts))
 }
 
