@@ -1,5 +1,7 @@
 //! A mapped segment with a validated layout, and the codec of one ring buffer (sample <-> words).
 
+use half::slice::HalfFloatSliceExt;
+
 use super::layout::{self, Checksum, LatentsDtype, Layout};
 use super::os::Mapping;
 use super::sync::{AtomicU64, Ordering::Relaxed};
@@ -96,12 +98,6 @@ fn pack2(a: f32, b: f32) -> u64 {
     u64::from(a.to_bits()) | (u64::from(b.to_bits()) << 32)
 }
 
-#[inline(always)]
-fn pack4_f16(x: &[f32; 4]) -> u64 {
-    let h = |v: f32| u64::from(half::f16::from_f32(v).to_bits());
-    h(x[0]) | (h(x[1]) << 16) | (h(x[2]) << 32) | (h(x[3]) << 48)
-}
-
 /// Stores `values` as f32 pairs into `dst`, zero-padding the last word; adds each word to `ck` from `index`.
 #[inline]
 fn store_f32(dst: &[AtomicU64], values: &[f32], ck: &mut Checksum, index: usize) {
@@ -120,23 +116,26 @@ fn store_f32(dst: &[AtomicU64], values: &[f32], ck: &mut Checksum, index: usize)
     }
 }
 
+/// f16 values converted per chunk (16 words): half's slice conversion uses F16C/NEON when the CPU has it.
+const F16_CHUNK: usize = 64;
+
 #[inline]
 fn store_f16(dst: &[AtomicU64], values: &[f32], ck: &mut Checksum, index: usize) {
-    let quads = values.chunks_exact(4);
-    let rest = quads.remainder();
-    let n = values.len() / 4;
-    for (i, (w, q)) in dst.iter().zip(quads).enumerate() {
-        let v = pack4_f16(&[q[0], q[1], q[2], q[3]]);
-        w.store(v, Relaxed);
-        ck.add_at(index + i, v);
-    }
-    if !rest.is_empty() {
-        if let Some(w) = dst.get(n) {
-            let mut q = [0.0f32; 4];
-            q[..rest.len()].copy_from_slice(rest);
-            let v = pack4_f16(&q);
+    let mut h = [half::f16::ZERO; F16_CHUNK];
+    for (c, (vals, words)) in values
+        .chunks(F16_CHUNK)
+        .zip(dst.chunks(F16_CHUNK / 4))
+        .enumerate()
+    {
+        h[..vals.len()].convert_from_f32_slice(vals);
+        h[vals.len()..].fill(half::f16::ZERO);
+        for (j, (w, q)) in words.iter().zip(h.chunks_exact(4)).enumerate() {
+            let v = u64::from(q[0].to_bits())
+                | (u64::from(q[1].to_bits()) << 16)
+                | (u64::from(q[2].to_bits()) << 32)
+                | (u64::from(q[3].to_bits()) << 48);
             w.store(v, Relaxed);
-            ck.add_at(index + n, v);
+            ck.add_at(index + c * (F16_CHUNK / 4) + j, v);
         }
     }
 }
@@ -160,25 +159,20 @@ fn load_f32(src: &[AtomicU64], out: &mut [f32], ck: &mut Checksum, index: usize)
 
 #[inline]
 fn load_f16(src: &[AtomicU64], out: &mut [f32], ck: &mut Checksum, index: usize) {
-    let f = |v: u64, k: usize| half::f16::from_bits((v >> (16 * k)) as u16).to_f32();
-    let n = out.len() / 4;
-    let mut quads = out.chunks_exact_mut(4);
-    for (i, (w, q)) in src.iter().zip(&mut quads).enumerate() {
-        let v = w.load(Relaxed);
-        ck.add_at(index + i, v);
-        for (k, x) in q.iter_mut().enumerate() {
-            *x = f(v, k);
-        }
-    }
-    let rest = quads.into_remainder();
-    if !rest.is_empty() {
-        if let Some(w) = src.get(n) {
+    let mut h = [half::f16::ZERO; F16_CHUNK];
+    for (c, (outs, words)) in out
+        .chunks_mut(F16_CHUNK)
+        .zip(src.chunks(F16_CHUNK / 4))
+        .enumerate()
+    {
+        for (j, (w, q)) in words.iter().zip(h.chunks_exact_mut(4)).enumerate() {
             let v = w.load(Relaxed);
-            ck.add_at(index + n, v);
-            for (k, x) in rest.iter_mut().enumerate() {
-                *x = f(v, k);
+            ck.add_at(index + c * (F16_CHUNK / 4) + j, v);
+            for (k, x) in q.iter_mut().enumerate() {
+                *x = half::f16::from_bits((v >> (16 * k)) as u16);
             }
         }
+        h[..outs.len()].convert_to_f32_slice(outs);
     }
 }
 
