@@ -234,7 +234,7 @@ impl Preparer {
                 });
             }
         }
-        self.to_rgb(frame)?;
+        self.convert_to_rgb(frame)?;
         let src: &[u8] = if self.format == PixelFormat::Rgb24 {
             frame
         } else {
@@ -262,7 +262,7 @@ impl Preparer {
         Ok(())
     }
 
-    fn to_rgb(&mut self, frame: &[u8]) -> Result<(), PrepareError> {
+    fn convert_to_rgb(&mut self, frame: &[u8]) -> Result<(), PrepareError> {
         let (w, h) = (self.width, self.height);
         let convert = |e: yuvutils_rs::YuvError| PrepareError::Convert {
             format: self.format,
