@@ -219,27 +219,10 @@ fn matches_demo_reference_pixel_values() {
             off.len(),
             &off[..off.len().min(8)]
         );
-        if (w as usize, h as usize) == (manifest.preprocess.width, manifest.preprocess.height) {
-            assert!(
-                diff <= 1e-5,
-                "{file}: max abs diff {diff} against the tools' pixel_values"
-            );
-        } else {
-            // Resized: Pillow 13 runs the vertical pass first for some shapes (img3, 80x129), where our
-            // horizontal-first pass order (Pillow <= 12) rounds some pixels one level apart. Until that order is
-            // ported, hold resized images to one u8 level.
-            let level = manifest.preprocess.rescale
-                / manifest
-                    .preprocess
-                    .std
-                    .iter()
-                    .cloned()
-                    .fold(f32::MAX, f32::min);
-            assert!(
-                diff <= level + 1e-5,
-                "{file}: max abs diff {diff} against the tools' pixel_values"
-            );
-        }
+        assert!(
+            diff <= 1e-5,
+            "{file} ({w}x{h}): max abs diff {diff} against the tools' pixel_values"
+        );
     }
 }
 

@@ -48,7 +48,13 @@ def prepare_image(image: Image.Image | np.ndarray, pre: Preprocess) -> np.ndarra
     if image.mode != "RGB":
         image = image.convert("RGB")
     box = crop_box(image.width, image.height, pre)
-    resized = image.resize((pre.width, pre.height), resample=_RESAMPLE[pre.interpolation], box=box)
+    # Two single-axis calls pin the pass order to horizontal then vertical (the contract, and what the runtime
+    # does): Pillow 13 picks the order of a two-axis resize itself and for some shapes goes vertical first, which
+    # rounds the intermediate image differently. Each call computes the same coefficients a single call would.
+    x0, y0, x1, y1 = box
+    resample = _RESAMPLE[pre.interpolation]
+    rows = image.resize((pre.width, image.height), resample=resample, box=(x0, 0.0, x1, float(image.height)))
+    resized = rows.resize((pre.width, pre.height), resample=resample, box=(0.0, y0, float(pre.width), y1))
     x = np.asarray(resized, dtype=np.uint8).astype(np.float32) * np.float32(pre.rescale)
     x = (x - np.asarray(pre.mean, dtype=np.float32)) / np.asarray(pre.std, dtype=np.float32)
     if pre.channel_order == "bgr":
