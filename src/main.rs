@@ -1,4 +1,4 @@
-//! The `ocellus` command: `run`, `check`, `infer`.
+//! The `ocellus` command: `run`, `check`, `infer`, `read`, `top`.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (a source or model failed while running, no frame was
 //! processed, an output could not be written); 2 a bad configuration or model bundle (also clap's code for
@@ -39,6 +39,11 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Run the models on image files (PNG, JPEG) and print the top prompts with their scores.
     Infer(cli::infer::InferArgs),
+    /// Print what a shared-memory reader sees per camera (age, sequence, top scores, flags); exit 1 if the
+    /// writer is not running, 2 if the segment is not a readable ocellus segment.
+    Read(cli::read::ReadArgs),
+    /// A live view of a running service from its shared memory: per camera fps, stage latency, misses, drops.
+    Top(cli::top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,8 @@ fn main() -> ExitCode {
         Command::Run(a) => cli::run::run(a, verbosity),
         Command::Check(a) => cli::check::check(a, verbosity),
         Command::Infer(a) => cli::infer::infer(a, verbosity),
+        Command::Read(a) => cli::read::read(a, verbosity),
+        Command::Top(a) => cli::top::top(a, verbosity),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,9 @@
 
 pub mod check;
 pub mod infer;
+pub mod read;
 pub mod run;
+pub mod top;
 
 use std::path::Path;
 

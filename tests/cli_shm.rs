@@ -1,0 +1,236 @@
+//! `ocellus read` and `ocellus top` against a real `ocellus run`: a reader sees samples with the top prompt,
+//! `top` prints the camera line, and after kill -9 of the writer the same `read --follow` process reports it
+//! not alive, then follows a new `ocellus run` (new generation) without being restarted.
+//!
+//! Every wait has a watchdog that kills the children and fails the test instead of hanging CI; there is no
+//! assertion on elapsed time. The guard kills every child and removes the segment however the test ends.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ocellus::config::Config;
+
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ocellus() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ocellus"));
+    c.current_dir(root()).stdin(Stdio::null());
+    c
+}
+
+/// Owns the child processes and the segment: kills and reaps the children and unlinks `/dev/shm/<name>` on
+/// drop, whether the test passed or panicked.
+struct Guard {
+    name: String,
+    children: Vec<Child>,
+}
+
+impl Guard {
+    fn spawn(&mut self, cmd: &mut Command) -> usize {
+        self.children.push(cmd.spawn().expect("spawn ocellus"));
+        self.children.len() - 1
+    }
+
+    /// `ocellus run --shm <name>` for at most 30 s, quiet.
+    fn start_writer(&mut self) -> usize {
+        self.spawn(
+            ocellus()
+                .args(["-q", "run", "--status-interval", "0", "--duration", "30"])
+                .args(["--shm", &self.name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    }
+
+    fn kill_9(&mut self, index: usize) {
+        let child = &mut self.children[index];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(Path::new("/dev/shm").join(&self.name));
+    }
+}
+
+/// Runs `ocellus args...` to completion under the watchdog.
+fn run_once(args: &[&str]) -> Output {
+    let mut child = ocellus()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ocellus");
+    let until = Instant::now() + WATCHDOG;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("watchdog: `ocellus {}` did not finish", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `ready` every 100 ms until it returns `Some`; panics with `what` and `context()` after the watchdog.
+fn wait_for<T>(
+    what: &str,
+    mut ready: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let until = Instant::now() + WATCHDOG;
+    loop {
+        if let Some(v) = ready() {
+            return v;
+        }
+        if Instant::now() > until {
+            panic!("watchdog: {what}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The generation (hex) in a `read` line that names one after `key`.
+fn generation_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_once(key)
+        .and_then(|(_, rest)| rest.split([' ', ';']).next())
+}
+
+#[test]
+fn read_and_top_see_a_writer_and_follow_it_through_kill_9_and_restart() {
+    let labels = Config::load_or_default(None)
+        .expect("default config")
+        .prompts
+        .labels;
+    let name = format!("ocellus-test-{}-read", std::process::id());
+    let mut guard = Guard {
+        name: name.clone(),
+        children: Vec::new(),
+    };
+
+    // (a) once the writer publishes, a one-shot read succeeds with a sequence and a labelled top score.
+    let first = guard.start_writer();
+    let last = std::cell::RefCell::new(String::new());
+    let out = wait_for(
+        "`ocellus read` never succeeded against `ocellus run`",
+        || {
+            let o = run_once(&["read", "--shm", &name, "--top", "2"]);
+            *last.borrow_mut() = format!(
+                "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        },
+        || last.borrow().clone(),
+    );
+    let cam = out
+        .lines()
+        .find(|l| l.starts_with("cam 0 seq "))
+        .unwrap_or_else(|| panic!("no camera line:\n{out}"));
+    let top = cam
+        .split_once(" top: ")
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("no top scores: {cam}"));
+    assert!(
+        labels.iter().any(|l| top.starts_with(l.as_str())),
+        "the top prompt is not one of {labels:?}: {cam}"
+    );
+
+    // (c) `top` prints the writer line and the camera line.
+    let o = run_once(&[
+        "top",
+        "--shm",
+        &name,
+        "--iterations",
+        "2",
+        "--interval-ms",
+        "100",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains(" alive "), "{text}");
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("0 ")),
+        "no camera 0 line:\n{text}"
+    );
+
+    // (b) kill -9 the writer; one `read --follow` process sees it dead, then follows a new writer.
+    guard.kill_9(first);
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = guard.spawn(
+        ocellus()
+            .args(["read", "--shm", &name, "--follow", "--interval-ms", "50"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    );
+    let stdout = guard.children[reader].stdout.take().expect("stdout pipe");
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    let snapshot = || lines.lock().expect("lines").clone();
+    let show = || snapshot().join("\n");
+    let old_gen = wait_for(
+        "`read --follow` did not report the killed writer as not alive",
+        || {
+            let l = snapshot();
+            let stale = l.iter().any(|s| s.contains("is not alive"));
+            let gen = l.iter().find_map(|s| generation_after(s, " generation "));
+            stale.then(|| gen.map(str::to_owned)).flatten()
+        },
+        show,
+    );
+    let seen = snapshot().len();
+    guard.start_writer();
+    let new_gen = wait_for(
+        "`read --follow` did not pick up the restarted writer",
+        || {
+            let l = snapshot();
+            let restart = l[seen..]
+                .iter()
+                .position(|s| s.starts_with("writer restarted: generation "))?;
+            let line = &l[seen + restart];
+            l[seen + restart..]
+                .iter()
+                .any(|s| s.starts_with("cam 0 seq "))
+                .then(|| generation_after(line, " -> ").map(str::to_owned))
+                .flatten()
+        },
+        show,
+    );
+    assert_ne!(old_gen, new_gen, "{}", show());
+    assert!(
+        guard.children[reader]
+            .try_wait()
+            .expect("reader status")
+            .is_none(),
+        "the reader exited instead of following:\n{}",
+        show()
+    );
+}
