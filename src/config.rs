@@ -282,6 +282,8 @@ pub struct ShmConfig {
     pub mode: u32,
     /// Group to own the segment (so a control-loop user in it can read), if any.
     pub group: Option<String>,
+    /// Element type of the latents in each sample (f16 halves the bytes a reader copies).
+    pub latents: crate::shm::LatentsDtype,
 }
 
 /// Log line format.
@@ -370,6 +372,7 @@ struct RawShm {
     name: Option<String>,
     mode: Option<String>,
     group: Option<String>,
+    latents: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -833,10 +836,21 @@ impl Validator<'_> {
             }
             g => g,
         };
+        let latents = match rs.latents.as_deref() {
+            None | Some("f32") => crate::shm::LatentsDtype::F32,
+            Some("f16") => crate::shm::LatentsDtype::F16,
+            Some(other) => {
+                return Err(self.err(
+                    "shm.latents",
+                    format!("unknown element type '{other}' (expected \"f32\" or \"f16\")"),
+                ))
+            }
+        };
         Ok(ShmConfig {
             name: bare.to_owned(),
             mode,
             group,
+            latents,
         })
     }
 

@@ -111,6 +111,7 @@ fn every_key_of_a_full_config_is_read() {
         (config.shm.mode, config.shm.group.as_deref()),
         (0o660, Some("robot"))
     );
+    assert_eq!(config.shm.latents, ocellus::shm::LatentsDtype::F16);
     assert_eq!(config.logging.level, tracing::Level::DEBUG);
     assert_eq!(config.logging.format, LogFormat::Json);
 }
@@ -133,6 +134,7 @@ const BAD: &[(&str, &str, &str)] = &[
     ),
     ("bad_variant.toml", "model.variant", "'fp16'"),
     ("bad_shm_mode.toml", "shm.mode", "octal"),
+    ("bad_shm_latents.toml", "shm.latents", "'bf16'"),
     (
         "seed_on_replay.toml",
         "camera[0].seed",

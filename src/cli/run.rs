@@ -11,7 +11,7 @@ use ocellus::infer::Engine;
 use ocellus::manifest::{Manifest, Role};
 use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
 use ocellus::prompts::{PromptWatcher, TextEncoder, POLL_INTERVAL};
-use ocellus::shm::{Dims, LatentsDtype, ShmSink, ShmSinkConfig, WriterConfig};
+use ocellus::shm::{Dims, ShmSink, ShmSinkConfig, WriterConfig};
 use ocellus::sink::{LogSink, Sink, StatusMode, StatusReporter};
 use ocellus::stats::{Stage, Summary};
 
@@ -171,7 +171,7 @@ fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompts), Failure
         num_latents: manifest.resampler.num_latents,
         latent_dim: manifest.resampler.latent_dim,
         max_prompts: config.prompts.max,
-        latents_dtype: LatentsDtype::F32,
+        latents_dtype: config.shm.latents,
     };
     let mut pipeline = Pipeline::new(
         settings,
