@@ -7,25 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ocellus::infer::Engine;
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::prompts::TextEncoder;
-
-const PROMPTS: [&str; 16] = [
-    "a red circle",
-    "a green circle",
-    "a blue circle",
-    "a yellow circle",
-    "a red square",
-    "a green square",
-    "a blue square",
-    "a yellow square",
-    "a red triangle",
-    "a green triangle",
-    "a blue triangle",
-    "a yellow triangle",
-    "a red star",
-    "a green star",
-    "a blue star",
-    "a yellow star",
-];
+use ocellus::scene::PROMPTS;
 
 fn manifest() -> Manifest {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/manifest.toml");
