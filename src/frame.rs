@@ -275,16 +275,7 @@ impl FramePool {
 /// Now on CLOCK_MONOTONIC in nanoseconds: the clock V4L2 stamps buffers with, so synthetic, replay and camera
 /// frames are timed alike.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on Linux, so the call
-    // only writes `ts` and cannot fail (a failure would leave it zero, which callers tolerate).
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::shm::os::monotonic_ns()
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 
 mod format;
 pub mod layout;
-mod os;
+pub(crate) mod os;
 mod reader;
 mod segment;
 mod seqlock;
