@@ -169,6 +169,12 @@ def cmd_evaluate(args) -> int:
     return int(module.main_evaluate(args) or 0)
 
 
+def cmd_ort_bench(args) -> int:
+    from . import ortbench
+
+    return ortbench.main(args)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ocellus-tools", description="Build ocellus model bundles (tools/README.md).")
     ap.add_argument("--version", action="version", version=f"ocellus-tools {__version__}")
@@ -218,6 +224,13 @@ def parser() -> argparse.ArgumentParser:
                    help="evaluation figures (default: BUNDLE_DIR/evaluation.json if present)")
     m.set_defaults(func=cmd_manifest)
 
+    from . import ortbench
+
+    ob = sub.add_parser("ort-bench", help="time the bundle's encoder and resampler in onnxruntime (JSON; ocellus "
+                        "bench runs it; --threads 0 means 1)")
+    ortbench.add_arguments(ob)
+    ob.set_defaults(func=cmd_ort_bench)
+
     module, _ = _train_demo_module()
     t = sub.add_parser("train-demo", help="train the bundled demo model (writes a checkpoint for export --builtin demo)")
     if module is not None:
@@ -233,7 +246,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet()
-    if args.command not in ("train-demo", "evaluate"):
+    if args.command not in ("train-demo", "evaluate", "ort-bench"):
         import torch
 
         if args.threads > 0:
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ocellus-tools {args.command}: interrupted; nothing was overwritten", file=sys.stderr)
         return 130
-    if args.command not in ("train-demo", "evaluate"):
+    if args.command not in ("train-demo", "evaluate", "ort-bench"):
         print(f"{args.command} done in {time.monotonic() - start:.1f} s")
     return rc
 
