@@ -11,6 +11,8 @@ export CARGO_TERM_COLOR ?= never
 
 # Debian packages the build and the tests need.
 APT_PACKAGES := pkg-config
+# v4l2-sys-mit (the v4l crate) runs bindgen, which needs libclang.
+APT_PACKAGES += libclang-dev
 
 .PHONY: setup setup-apt setup-rust setup-python test lint test-python test-rust run
 

@@ -97,6 +97,12 @@ pub struct Config {
     pub budgets: Budgets,
     pub shm: ShmConfig,
     pub logging: LoggingConfig,
+    /// `[memory]`: the frame-path memory region and the memory lock.
+    pub memory: crate::budget::MemoryConfig,
+    /// `[realtime]`: CPU affinity and SCHED_FIFO priority of the capture and inference threads.
+    pub realtime: crate::rt::RealtimeSettings,
+    /// `[testing]`: test aids (an artificially slow or stalled stage); off unless the section sets them.
+    pub testing: crate::pipeline::TestHooks,
     pub origin: Origin,
 }
 
@@ -132,8 +138,22 @@ pub enum SourceConfig {
     /// A directory of PNG/JPEG images or a recorded raw frame file (see `source::replay`), replayed at `fps`,
     /// from the start again after the last frame when `looping`.
     Replay { path: PathBuf, looping: bool },
-    /// A V4L2 device (`/dev/video0` or a `/dev/v4l/by-id/...` name).
-    V4l2 { device: PathBuf },
+    /// A V4L2 device (`/dev/video0` or a `/dev/v4l/by-id/...` name) streaming through `buffers` mmap buffers;
+    /// no frame within `stall` means the camera stalled (it is flagged and reopened).
+    V4l2 {
+        device: PathBuf,
+        buffers: u32,
+        stall: StallTimeout,
+    },
+}
+
+/// When a V4L2 camera counts as stalled: after this many frame periods without a frame, or after a fixed time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallTimeout {
+    /// `stall-periods`: a multiple of the negotiated frame period.
+    Periods(u32),
+    /// `stall-timeout-ms`: a fixed time.
+    Fixed(Duration),
 }
 
 /// One `[[camera]]`.
@@ -318,6 +338,12 @@ struct RawConfig {
     shm: RawShm,
     #[serde(default)]
     logging: RawLogging,
+    #[serde(default)]
+    memory: RawMemory,
+    #[serde(default)]
+    realtime: RawRealtime,
+    #[serde(default)]
+    testing: RawTesting,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -336,6 +362,9 @@ struct RawCamera {
     seed: Option<u64>,
     #[serde(rename = "loop")]
     looping: Option<bool>,
+    buffers: Option<u32>,
+    stall_periods: Option<u32>,
+    stall_timeout_ms: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,6 +411,32 @@ struct RawLogging {
     format: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMemory {
+    lock: Option<bool>,
+    lock_required: Option<bool>,
+    arena_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRealtime {
+    capture_cpus: Option<Vec<usize>>,
+    inference_cpus: Option<Vec<usize>>,
+    capture_priority: Option<i64>,
+    inference_priority: Option<i64>,
+    strict: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTesting {
+    delay_stage: Option<String>,
+    delay_ms: Option<f64>,
+    stall_after_frames: Option<u64>,
+}
+
 /// Defaults of keys a file leaves out.
 pub mod defaults {
     pub const PIXEL_FORMAT: &str = "yuyv";
@@ -391,6 +446,8 @@ pub mod defaults {
     pub const POOL_SIZE: usize = 4;
     pub const HOLD_FRAMES: u32 = 30;
     pub const SEED: u64 = 1;
+    pub const V4L2_BUFFERS: u32 = 4;
+    pub const STALL_PERIODS: u32 = 10;
     pub const THREADS: usize = 1;
     pub const PROMPTS_MAX: usize = 64;
     pub const MEMORY_MIB: u64 = 512;
@@ -410,6 +467,12 @@ const MAX_PROMPTS: usize = 1024;
 const MAX_THREADS: usize = 256;
 const MAX_FPS: u32 = 1000;
 const MAX_DEADLINE_MS: f64 = 60_000.0;
+const MAX_ARENA_MIB: u64 = 1 << 20;
+const MIN_V4L2_BUFFERS: u32 = 2;
+const MAX_V4L2_BUFFERS: u32 = 32;
+const MAX_STALL_PERIODS: u32 = 1000;
+/// The shortest stall timeout (below it a scheduling hiccup would look like a stall).
+const MIN_STALL_MS: f64 = 100.0;
 
 impl Config {
     /// Reads and validates the file at `path`.
@@ -536,6 +599,9 @@ impl Validator<'_> {
             budgets: self.budgets(raw.budgets)?,
             shm: self.shm(raw.shm)?,
             logging: self.logging(raw.logging)?,
+            memory: self.memory(raw.memory)?,
+            realtime: self.realtime(raw.realtime)?,
+            testing: self.testing(raw.testing)?,
             origin: self.origin.clone(),
         };
         config.prompts.load(self.origin)?;
@@ -621,6 +687,13 @@ impl Validator<'_> {
         only("path", rc.path.is_some(), SourceKind::Replay)?;
         only("loop", rc.looping.is_some(), SourceKind::Replay)?;
         only("device", rc.device.is_some(), SourceKind::V4l2)?;
+        only("buffers", rc.buffers.is_some(), SourceKind::V4l2)?;
+        only("stall-periods", rc.stall_periods.is_some(), SourceKind::V4l2)?;
+        only(
+            "stall-timeout-ms",
+            rc.stall_timeout_ms.is_some(),
+            SourceKind::V4l2,
+        )?;
         let source = match kind {
             SourceKind::Synthetic => {
                 let hold_frames = rc.hold_frames.unwrap_or(defaults::HOLD_FRAMES);
@@ -674,8 +747,50 @@ impl Validator<'_> {
                         "a v4l2 camera needs device = \"/dev/video0\" (or a /dev/v4l/by-id/... name)",
                     )
                 })?;
+                if device.trim().is_empty() {
+                    return Err(self.err(
+                        key("device"),
+                        "is empty: give the device, e.g. \"/dev/video0\" or a /dev/v4l/by-id/... name (`ocellus cameras` lists them)",
+                    ));
+                }
+                let buffers = rc.buffers.unwrap_or(defaults::V4L2_BUFFERS);
+                if !(MIN_V4L2_BUFFERS..=MAX_V4L2_BUFFERS).contains(&buffers) {
+                    return Err(self.err(
+                        key("buffers"),
+                        format!("{buffers} is outside {MIN_V4L2_BUFFERS}..={MAX_V4L2_BUFFERS} (driver buffers: one being filled, one being copied out, more absorb scheduling delays)"),
+                    ));
+                }
+                let stall = match (rc.stall_periods, rc.stall_timeout_ms) {
+                    (Some(_), Some(_)) => {
+                        return Err(self.err(
+                            key("stall-timeout-ms"),
+                            "stall-periods is set too: give one of them (stall-timeout-ms is a fixed time, stall-periods a multiple of the frame period)",
+                        ))
+                    }
+                    (_, Some(ms)) => {
+                        if !ms.is_finite() || !(MIN_STALL_MS..=MAX_DEADLINE_MS).contains(&ms) {
+                            return Err(self.err(
+                                key("stall-timeout-ms"),
+                                format!("{ms} ms is outside {MIN_STALL_MS}..={MAX_DEADLINE_MS} ms"),
+                            ));
+                        }
+                        StallTimeout::Fixed(Duration::from_secs_f64(ms / 1000.0))
+                    }
+                    (periods, None) => {
+                        let n = periods.unwrap_or(defaults::STALL_PERIODS);
+                        if !(2..=MAX_STALL_PERIODS).contains(&n) {
+                            return Err(self.err(
+                                key("stall-periods"),
+                                format!("{n} is outside 2..={MAX_STALL_PERIODS} (frame periods without a frame before the camera counts as stalled)"),
+                            ));
+                        }
+                        StallTimeout::Periods(n)
+                    }
+                };
                 SourceConfig::V4l2 {
                     device: PathBuf::from(device),
+                    buffers,
+                    stall,
                 }
             }
         };
@@ -851,6 +966,106 @@ impl Validator<'_> {
             mode,
             group,
             latents,
+        })
+    }
+
+    fn realtime(&self, rr: RawRealtime) -> Result<crate::rt::RealtimeSettings, ConfigError> {
+        use crate::rt::{check_cpus, check_priority, ThreadPolicy};
+        let policy = |role: &str, cpus: Option<Vec<usize>>, priority: Option<i64>| {
+            Ok::<_, ConfigError>(ThreadPolicy {
+                cpus: match cpus {
+                    Some(c) => check_cpus(&c)
+                        .map_err(|m| self.err(format!("realtime.{role}-cpus"), m))?,
+                    None => Vec::new(),
+                },
+                fifo_priority: priority
+                    .map(check_priority)
+                    .transpose()
+                    .map_err(|m| self.err(format!("realtime.{role}-priority"), m))?,
+            })
+        };
+        Ok(crate::rt::RealtimeSettings {
+            capture: policy("capture", rr.capture_cpus, rr.capture_priority)?,
+            inference: policy("inference", rr.inference_cpus, rr.inference_priority)?,
+            strict: rr.strict.unwrap_or(false),
+        })
+    }
+
+    fn testing(&self, rt: RawTesting) -> Result<crate::pipeline::TestHooks, ConfigError> {
+        use crate::stats::Stage;
+        let delay = match (rt.delay_stage.as_deref(), rt.delay_ms) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err(
+                    "testing.delay-ms",
+                    "testing.delay-stage is set without it: give the delay in ms, or remove both",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    "testing.delay-stage",
+                    "testing.delay-ms is set without it: name the stage to slow down, or remove both",
+                ))
+            }
+            (Some(name), Some(ms)) => {
+                let stage = match name {
+                    "capture" => Stage::Dequeue,
+                    "prepare" => Stage::Prepare,
+                    "encoder" => Stage::Encoder,
+                    "resampler" => Stage::Resampler,
+                    "publish" => Stage::Publish,
+                    other => {
+                        return Err(self.err(
+                            "testing.delay-stage",
+                            format!("unknown stage '{other}' (expected one of capture, prepare, encoder, resampler, publish)"),
+                        ))
+                    }
+                };
+                if !ms.is_finite() || ms <= 0.0 || ms > MAX_DEADLINE_MS {
+                    return Err(self.err(
+                        "testing.delay-ms",
+                        format!("{ms} ms: give a delay above 0 and at most {MAX_DEADLINE_MS} ms"),
+                    ));
+                }
+                Some((stage, Duration::from_secs_f64(ms / 1000.0)))
+            }
+        };
+        if rt.stall_after_frames == Some(0) {
+            return Err(self.err(
+                "testing.stall-after-frames",
+                "must be at least 1 (frames published before the inference thread stalls)",
+            ));
+        }
+        Ok(crate::pipeline::TestHooks {
+            delay,
+            stall_after_frames: rt.stall_after_frames,
+        })
+    }
+
+    fn memory(&self, rm: RawMemory) -> Result<crate::budget::MemoryConfig, ConfigError> {
+        let d = crate::budget::MemoryConfig::default();
+        let arena_mib = match rm.arena_mib {
+            None | Some(0) => None,
+            Some(m) if m > MAX_ARENA_MIB => {
+                return Err(self.err(
+                    "memory.arena-mib",
+                    format!("{m} is above {MAX_ARENA_MIB}; leave it out (or 0) to size the region from the model"),
+                ))
+            }
+            Some(m) => Some(m),
+        };
+        let lock = rm.lock.unwrap_or(d.lock);
+        let lock_required = rm.lock_required.unwrap_or(d.lock_required);
+        if lock_required && !lock {
+            return Err(self.err(
+                "memory.lock-required",
+                "is true but memory.lock is false: set memory.lock = true or drop lock-required",
+            ));
+        }
+        Ok(crate::budget::MemoryConfig {
+            lock,
+            lock_required,
+            arena_mib,
         })
     }
 

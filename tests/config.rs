@@ -85,7 +85,9 @@ fn every_key_of_a_full_config_is_read() {
     assert_eq!(
         rear.source,
         SourceConfig::V4l2 {
-            device: "/dev/video2".into()
+            device: "/dev/video2".into(),
+            buffers: 4,
+            stall: ocellus::config::StallTimeout::Periods(10),
         }
     );
     assert_eq!(rear.pool_size, 4);

@@ -378,11 +378,13 @@ fn replay_refuses_what_its_files_cannot_deliver() {
 }
 
 #[test]
-fn v4l2_is_not_yet_available_and_says_so() {
+fn v4l2_without_the_device_says_which_and_how_to_find_one() {
     let camera = CameraConfig {
         name: "usb".into(),
         source: SourceConfig::V4l2 {
-            device: "/dev/video0".into(),
+            device: "/dev/video-ocellus-missing".into(),
+            buffers: 4,
+            stall: ocellus::config::StallTimeout::Periods(10),
         },
         format: PixelFormat::Yuyv,
         width: 640,
@@ -390,8 +392,20 @@ fn v4l2_is_not_yet_available_and_says_so() {
         fps: 30,
         pool_size: 4,
     };
-    let err = source::open(0, &camera).err().expect("no v4l2 yet");
-    assert!(err.to_string().contains("issue 5"), "{err}");
+    let mut source = source::open(0, &camera).expect("a v4l2 source is made without opening the device");
+    let mut buf = FrameBuf::new(source.max_frame_bytes());
+    assert!(matches!(
+        source.next_frame(&mut buf),
+        Err(SourceError::NotStarted { .. })
+    ));
+    let err = source.start().expect_err("no such device");
+    assert!(
+        matches!(err, SourceError::Disconnected { .. }),
+        "a missing node is a device that is not there (yet): {err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("/dev/video-ocellus-missing"), "{text}");
+    assert!(text.contains("by-id"), "{text}");
 }
 
 #[test]

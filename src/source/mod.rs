@@ -3,8 +3,8 @@
 //! Real-time contract: a source allocates what it needs in `new` and `start` (scratch buffers, decoded replay
 //! frames); `next_frame` writes into the caller's pooled [`FrameBuf`] and never allocates or reallocates it
 //! (one exception: the synthetic camera's MJPEG encoder allocates inside `jpeg-encoder`). `next_frame` blocks
-//! until the next frame is due (pacing to `fps`); a V4L2 source (issue 5) blocks on the device with a timeout
-//! and fits the same trait.
+//! until the next frame is due (pacing to `fps`); the V4L2 source blocks on the device until a frame or its
+//! stall timeout ([`SourceError::Stalled`]).
 
 use std::path::PathBuf;
 
@@ -13,9 +13,11 @@ use crate::frame::{FrameBuf, PixelFormat};
 
 pub mod replay;
 pub mod synthetic;
+pub mod v4l2;
 
 pub use replay::{write_raw_file, RawFrameWriter, ReplayProbe, ReplaySource};
 pub use synthetic::SyntheticSource;
+pub use v4l2::{SequenceGaps, V4l2Source};
 
 /// A camera, file or generator that delivers frames one at a time.
 pub trait FrameSource: Send {
@@ -65,6 +67,21 @@ pub enum SourceError {
         format: PixelFormat,
         message: String,
     },
+    #[error("camera {camera}: no frame within {waited_ms} ms: the camera stalled (it is reopened; if it is only slow, raise stall-periods or stall-timeout-ms)")]
+    Stalled { camera: String, waited_ms: u64 },
+    #[error("camera {camera}: {} is gone ({reason}); waiting for it to return at that path (check the cable and `ocellus cameras`; a /dev/v4l/by-id/... name survives re-enumeration, /dev/videoN may not)", path.display())]
+    Disconnected {
+        camera: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("camera {camera}: {what} {}: {source}", path.display())]
+    Device {
+        camera: String,
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("camera {camera}: source \"{kind}\" is not available in this build: {hint}")]
     NotAvailable {
         camera: String,
@@ -78,11 +95,7 @@ pub fn open(index: usize, camera: &CameraConfig) -> Result<Box<dyn FrameSource>,
     match &camera.source {
         SourceConfig::Synthetic { .. } => Ok(Box::new(SyntheticSource::new(index, camera)?)),
         SourceConfig::Replay { .. } => Ok(Box::new(ReplaySource::new(index, camera)?)),
-        SourceConfig::V4l2 { .. } => Err(SourceError::NotAvailable {
-            camera: camera.name.clone(),
-            kind: "v4l2",
-            hint: "V4L2 capture arrives with issue 5; use source = \"synthetic\" or \"replay\" meanwhile",
-        }),
+        SourceConfig::V4l2 { .. } => Ok(Box::new(V4l2Source::new(index, camera)?)),
     }
 }
 
