@@ -13,6 +13,8 @@ export CARGO_TERM_COLOR ?= never
 APT_PACKAGES := pkg-config
 # v4l2-sys-mit (the v4l crate) runs bindgen, which needs libclang.
 APT_PACKAGES += libclang-dev
+# The HIL VM test (tests/hil/run.sh): qemu, the initramfs tools, and gcc-12/make for building v4l2loopback.
+APT_PACKAGES += qemu-system-x86 busybox-static cpio kmod xz-utils gcc-12 make
 
 .PHONY: setup setup-apt setup-rust setup-python test lint test-python test-rust run
 
@@ -47,3 +49,8 @@ test: lint test-python test-rust
 
 run:
 	cargo run --locked --release -- run --frames 300
+
+# Real V4L2 capture in a VM against the kernel's virtual camera and v4l2loopback (docs/hil.md).
+.PHONY: test-hil
+test-hil:
+	CACHE=$(CACHE) tests/hil/run.sh
