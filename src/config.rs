@@ -974,8 +974,9 @@ impl Validator<'_> {
         let policy = |role: &str, cpus: Option<Vec<usize>>, priority: Option<i64>| {
             Ok::<_, ConfigError>(ThreadPolicy {
                 cpus: match cpus {
-                    Some(c) => check_cpus(&c)
-                        .map_err(|m| self.err(format!("realtime.{role}-cpus"), m))?,
+                    Some(c) => {
+                        check_cpus(&c).map_err(|m| self.err(format!("realtime.{role}-cpus"), m))?
+                    }
                     None => Vec::new(),
                 },
                 fifo_priority: priority
@@ -1001,12 +1002,10 @@ impl Validator<'_> {
                     "testing.delay-stage is set without it: give the delay in ms, or remove both",
                 ))
             }
-            (None, Some(_)) => {
-                return Err(self.err(
-                    "testing.delay-stage",
-                    "testing.delay-ms is set without it: name the stage to slow down, or remove both",
-                ))
-            }
+            (None, Some(_)) => return Err(self.err(
+                "testing.delay-stage",
+                "testing.delay-ms is set without it: name the stage to slow down, or remove both",
+            )),
             (Some(name), Some(ms)) => {
                 let stage = match name {
                     "capture" => Stage::Dequeue,

@@ -33,6 +33,7 @@ use crate::infer::{Engine, VisionOutput};
 use crate::manifest::Preprocess;
 use crate::prepare::{PrepareError, Preparer};
 use crate::prompts::PromptSet;
+use crate::rt::{RealtimeSettings, Role, RtError};
 use crate::sink::Sink;
 use crate::source::{FrameSource, SourceError};
 use crate::stats::{Stage, Stats, STAGE_COUNT};
@@ -131,6 +132,25 @@ impl Deadlines {
     }
 }
 
+/// Test aids (`[testing]` in the config): an artificially slow stage and a stalled inference thread, to
+/// exercise deadlines, drops and the service watchdog. Off by default; not for production configurations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestHooks {
+    /// Sleep this long inside this stage of every frame (the sleep counts as the stage's time). `Dequeue`
+    /// delays the inference thread before it takes the frame; `Score` and `EndToEnd` are not delayable.
+    pub delay: Option<(Stage, Duration)>,
+    /// After this many published frames the inference thread stops taking frames, as a hung model would,
+    /// until the pipeline is stopped; capture goes on and its frames are dropped.
+    pub stall_after_frames: Option<u64>,
+}
+
+impl TestHooks {
+    /// Whether any test aid is on.
+    pub fn is_active(&self) -> bool {
+        self.delay.is_some() || self.stall_after_frames.is_some()
+    }
+}
+
 /// How the pipeline runs; everything has a usable default.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -145,6 +165,10 @@ pub struct PipelineSettings {
     pub restart_backoff_max: Duration,
     /// How long `stop` waits for each thread before leaving it behind (a source stuck in the kernel).
     pub join_timeout: Duration,
+    /// CPU affinity and SCHED_FIFO priority per thread role, applied by each thread as it starts.
+    pub realtime: RealtimeSettings,
+    /// Test aids; off by default.
+    pub test_hooks: TestHooks,
 }
 
 impl Default for PipelineSettings {
@@ -156,6 +180,8 @@ impl Default for PipelineSettings {
             restart_backoff_min: Duration::from_millis(100),
             restart_backoff_max: Duration::from_secs(5),
             join_timeout: Duration::from_secs(2),
+            realtime: RealtimeSettings::default(),
+            test_hooks: TestHooks::default(),
         }
     }
 }
@@ -203,6 +229,9 @@ pub enum PipelineError {
     EmbedDim { prompts: usize, image: usize },
     #[error("the pipeline was already started")]
     AlreadyStarted,
+    #[error("the system refused real-time settings and realtime.strict = true:\n{}",
+        .0.iter().map(|(thread, e)| format!("  {thread}: {e}")).collect::<Vec<_>>().join("\n"))]
+    Realtime(Vec<(String, RtError)>),
     #[error("failed to spawn thread {name}: {source}")]
     Spawn {
         name: String,
@@ -250,6 +279,7 @@ struct InferState {
     sinks: Vec<Box<dyn Sink>>,
     deadlines: Deadlines,
     max_frames: Option<u64>,
+    hooks: TestHooks,
 }
 
 /// The running frame path. See the module documentation.
@@ -361,6 +391,7 @@ impl Pipeline {
                 sinks,
                 deadlines: settings.deadlines,
                 max_frames: settings.max_frames,
+                hooks: settings.test_hooks,
             }),
             settings,
             capture,
@@ -390,7 +421,10 @@ impl Pipeline {
         let live = Arc::new(AtomicUsize::new(self.capture.len()));
         let (stats, running, cameras_live) =
             (self.stats.clone(), self.running.clone(), live.clone());
+        let (rt_tx, rt_rx) = std::sync::mpsc::channel();
+        let (policy, report) = (self.settings.realtime.inference.clone(), rt_tx.clone());
         let handle = spawn("ocellus-infer".into(), move || {
+            apply_realtime(Role::Inference, &policy, "ocellus-infer", report);
             inference_loop(infer, &stats, &running, &cameras_live)
         })
         .inspect_err(|_| self.running.store(false, Ordering::SeqCst))?;
@@ -404,7 +438,13 @@ impl Pipeline {
             let name = format!("ocellus-cam{}", cap.index);
             let (stats, running, live) = (self.stats.clone(), self.running.clone(), live.clone());
             let waker = self.infer_thread.clone();
+            let (policy, report, thread) = (
+                self.settings.realtime.capture.clone(),
+                rt_tx.clone(),
+                name.clone(),
+            );
             match spawn(name.clone(), move || {
+                apply_realtime(Role::Capture, &policy, &thread, report);
                 capture_loop(cap, &stats, &running, waker.as_ref(), backoff);
                 live.fetch_sub(1, Ordering::SeqCst);
                 if let Some(w) = waker {
@@ -420,6 +460,31 @@ impl Pipeline {
                     return Err(e);
                 }
             }
+        }
+        drop(rt_tx);
+        self.check_realtime(rt_rx)
+    }
+
+    /// Waits for every thread's report of its real-time settings; warns about refusals, or stops the
+    /// pipeline and fails when `realtime.strict`.
+    fn check_realtime(
+        &mut self,
+        reports: std::sync::mpsc::Receiver<(String, Vec<RtError>)>,
+    ) -> Result<(), PipelineError> {
+        // Each thread sends one report and drops its sender first thing, so this ends once all have.
+        let refused: Vec<(String, RtError)> = reports
+            .iter()
+            .flat_map(|(thread, errors)| errors.into_iter().map(move |e| (thread.clone(), e)))
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        if self.settings.realtime.strict {
+            self.stop();
+            return Err(PipelineError::Realtime(refused));
+        }
+        for (thread, e) in &refused {
+            tracing::warn!(thread = %thread, error = %e, "real-time setting not applied; running without it (set realtime.strict = true to refuse to start instead)");
         }
         Ok(())
     }
@@ -484,6 +549,20 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Applies `role`'s real-time policy to the calling thread and reports the refusals to [`Pipeline::start`].
+fn apply_realtime(
+    role: Role,
+    policy: &crate::rt::ThreadPolicy,
+    thread: &str,
+    report: std::sync::mpsc::Sender<(String, Vec<RtError>)>,
+) {
+    let errors = crate::rt::apply_to_current_thread(role, policy);
+    if errors.is_empty() && !policy.is_default() {
+        tracing::info!(thread, role = role.name(), cpus = %crate::rt::cpu_list(&policy.cpus), fifo_priority = ?policy.fifo_priority, "real-time settings applied");
+    }
+    let _ = report.send((thread.to_owned(), errors));
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, PipelineError> {
@@ -606,6 +685,16 @@ fn inference_loop(
     let mut next = 0usize;
     let mut published = 0u64;
     'run: while running.load(Relaxed) {
+        if st.hooks.stall_after_frames.is_some_and(|n| published >= n) {
+            tracing::warn!(
+                frames = published,
+                "test aid [testing] stall-after-frames: the inference thread stalls until stopped"
+            );
+            while running.load(Relaxed) {
+                std::thread::park_timeout(Duration::from_millis(100));
+            }
+            break;
+        }
         let mut took = false;
         for k in 0..n {
             let cam = (next + k) % n;
@@ -614,7 +703,7 @@ fn inference_loop(
             };
             took = true;
             next = cam + 1;
-            let ok = st.process(cam, &buf, stats);
+            let ok = st.process(cam, &buf, stats, running);
             // Every buffer came from this pool, which has room for all of them.
             let _ = st.cameras[cam].handoff.pool.give(buf);
             if ok {
@@ -643,10 +732,17 @@ fn inference_loop(
 
 impl InferState {
     /// Runs one frame through prepare, infer, score and publish. Returns whether it was published.
-    fn process(&mut self, index: usize, buf: &FrameBuf, stats: &Stats) -> bool {
+    fn process(
+        &mut self,
+        index: usize,
+        buf: &FrameBuf,
+        stats: &Stats,
+        running: &AtomicBool,
+    ) -> bool {
         let cam_stats = stats.camera(index);
         let counters = &cam_stats.counters;
         let meta = &buf.meta;
+        test_delay(&self.hooks, Stage::Dequeue, running);
         let t_dequeue = monotonic_ns();
         let mut stage_ns = [0u64; STAGE_COUNT];
         stage_ns[Stage::Dequeue.index()] = t_dequeue.saturating_sub(meta.capture_ns);
@@ -674,6 +770,7 @@ impl InferState {
             log_corrupt(cam, index, meta.sequence, &e);
             return false;
         }
+        test_delay(&self.hooks, Stage::Prepare, running);
         let t_prepared = monotonic_ns();
         stage_ns[Stage::Prepare.index()] = t_prepared - t_dequeue;
 
@@ -687,11 +784,14 @@ impl InferState {
                 return false;
             }
         };
+        let enc_delay = test_delay(&self.hooks, Stage::Encoder, running);
+        let res_delay = test_delay(&self.hooks, Stage::Resampler, running);
         let t_inferred = monotonic_ns();
         let enc = u64::try_from(times.encoder.as_nanos()).unwrap_or(u64::MAX);
-        stage_ns[Stage::Encoder.index()] = enc;
-        stage_ns[Stage::Resampler.index()] =
-            u64::try_from(times.resampler.as_nanos()).unwrap_or(u64::MAX);
+        stage_ns[Stage::Encoder.index()] = enc.saturating_add(enc_delay);
+        stage_ns[Stage::Resampler.index()] = u64::try_from(times.resampler.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(res_delay);
 
         let mut flags = 0u32;
         let prompts = self.prompts.load();
@@ -765,6 +865,7 @@ impl InferState {
                 }
             }
         }
+        test_delay(&self.hooks, Stage::Publish, running);
         let t_published = monotonic_ns();
         stage_ns[Stage::Publish.index()] = t_published - t_scored;
         stage_ns[Stage::EndToEnd.index()] = t_published.saturating_sub(meta.capture_ns);
@@ -784,6 +885,19 @@ impl InferState {
         counters.last_sequence.store(meta.sequence, Relaxed);
         counters.processed.fetch_add(1, Relaxed);
         true
+    }
+}
+
+/// The `[testing]` delay: when `stage` is the delayed one, sleeps for the delay (waking early when the
+/// pipeline stops) and returns the ns slept; otherwise returns 0 at once.
+fn test_delay(hooks: &TestHooks, stage: Stage, running: &AtomicBool) -> u64 {
+    match hooks.delay {
+        Some((s, d)) if s == stage => {
+            let t0 = monotonic_ns();
+            sleep_while_running(running, d);
+            monotonic_ns().saturating_sub(t0)
+        }
+        _ => 0,
     }
 }
 

@@ -258,6 +258,19 @@ impl HistogramSnapshot {
         self.max_ns = later.max_ns;
     }
 
+    /// The non-empty buckets in increasing order, each as (lowest value, highest value, count), in
+    /// nanoseconds: the histogram's shape, for plots. Allocates nothing (an iterator over the snapshot).
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(i, &n)| {
+                let lowest = if i == 0 { 0 } else { bucket_upper(i - 1) + 1 };
+                (lowest, bucket_upper(i), n)
+            })
+    }
+
     /// Resets to empty.
     pub fn clear(&mut self) {
         self.buckets.fill(0);
@@ -379,6 +392,16 @@ impl Stats {
             .sum()
     }
 
+    /// By how much the last late frame overran `stage`'s deadline, in ns: the largest of the cameras' last
+    /// overruns (exact with one camera); 0 when the stage was never late.
+    pub fn last_overrun_ns(&self, stage: Stage) -> u64 {
+        self.cameras
+            .iter()
+            .map(|c| c.counters.last_overrun_ns[stage.index()].load(Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The histogram of `stage` merged over all cameras, into `out` (and `scratch`). Never allocates.
     pub fn stage_snapshot(
         &self,
@@ -402,7 +425,9 @@ impl Stats {
             .iter()
             .map(|&stage| {
                 self.stage_snapshot(stage, &mut merged, &mut scratch);
-                StageSummary::from_snapshot(stage, &merged, self.total_late(stage))
+                let mut s = StageSummary::from_snapshot(stage, &merged, self.total_late(stage));
+                s.last_overrun_ms = ms(self.last_overrun_ns(stage));
+                s
             })
             .collect();
         let cameras = self
@@ -482,7 +507,10 @@ pub struct StageSummary {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// Frames over this stage's deadline.
     pub late: u64,
+    /// By how much the last late frame overran the deadline ([`Stats::last_overrun_ns`]); 0 if never late.
+    pub last_overrun_ms: f64,
 }
 
 impl StageSummary {
@@ -497,6 +525,7 @@ impl StageSummary {
             p999_ms: ms(s.percentile(0.999)),
             max_ms: ms(s.max_ns),
             late,
+            last_overrun_ms: 0.0,
         }
     }
 }
@@ -566,13 +595,13 @@ impl std::fmt::Display for Summary {
         }
         writeln!(
             f,
-            "{:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
-            "stage (ms)", "count", "mean", "p50", "p90", "p99", "p99.9", "max", "late"
+            "{:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9}",
+            "stage (ms)", "count", "mean", "p50", "p90", "p99", "p99.9", "max", "late", "overrun"
         )?;
         for s in &self.stages {
             writeln!(
                 f,
-                "{:<11} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>6}",
+                "{:<11} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>6} {:>9.3}",
                 s.stage,
                 s.count,
                 s.mean_ms,
@@ -581,7 +610,8 @@ impl std::fmt::Display for Summary {
                 s.p99_ms,
                 s.p999_ms,
                 s.max_ms,
-                s.late
+                s.late,
+                s.last_overrun_ms
             )?;
         }
         if self.cameras.len() > 1 {
@@ -659,14 +689,35 @@ impl StatusLine {
                 ms(self.window.percentile(0.99))
             );
         }
+        let late = stats.total(|c| &c.late_frames);
         let _ = write!(
             self.line,
-            " ms p50/p99 | frames {} drop {} late {} corrupt {}",
+            " ms p50/p99 | frames {} drop {} late {}",
             processed,
             stats.total(|c| &c.dropped),
-            stats.total(|c| &c.late_frames),
-            stats.total(|c| &c.corrupt),
+            late,
         );
+        if late > 0 {
+            // Per stage: deadline misses and the last overrun, `(enc 3 +12.5ms e2e 1 +4.0ms)`.
+            let mut first = true;
+            for stage in Stage::ALL {
+                let n = stats.total_late(stage);
+                if n > 0 {
+                    let _ = write!(
+                        self.line,
+                        "{}{} {n} +{:.1}ms",
+                        if first { " (" } else { " " },
+                        stage.short(),
+                        ms(stats.last_overrun_ns(stage))
+                    );
+                    first = false;
+                }
+            }
+            if !first {
+                self.line.push(')');
+            }
+        }
+        let _ = write!(self.line, " corrupt {}", stats.total(|c| &c.corrupt));
         let errors = stats.total(|c| &c.source_errors) + stats.total(|c| &c.infer_errors);
         if errors > 0 {
             let _ = write!(self.line, " err {errors}");
@@ -749,6 +800,27 @@ mod tests {
     }
 
     #[test]
+    fn buckets_list_the_shape() {
+        let h = LatencyHistogram::new();
+        for v in [3u64, 3, 1_000, 1_010, 5_000_000] {
+            h.record(v);
+        }
+        let mut s = HistogramSnapshot::default();
+        h.snapshot_into(&mut s);
+        let b: Vec<_> = s.buckets().collect();
+        assert_eq!(b.len(), 3, "{b:?}");
+        assert_eq!(b[0], (3, 3, 2));
+        assert_eq!(b[1].2, 2);
+        assert!(b[1].0 <= 1_000 && b[1].1 >= 1_010, "{b:?}");
+        assert!(
+            b[2].0 <= 5_000_000 && b[2].1 >= 5_000_000 && b[2].2 == 1,
+            "{b:?}"
+        );
+        assert!(b.windows(2).all(|w| w[0].1 < w[1].0));
+        assert_eq!(b.iter().map(|x| x.2).sum::<u64>(), s.count);
+    }
+
+    #[test]
     fn empty_histogram_reports_zero() {
         let s = HistogramSnapshot::default();
         assert_eq!(s.percentile(0.99), 0);
@@ -809,6 +881,7 @@ mod tests {
         assert_eq!(summary.accuracy, Some(0.9));
         let enc = &summary.stages[Stage::Encoder.index()];
         assert_eq!((enc.stage, enc.late), ("encoder", 1));
+        assert_eq!(enc.last_overrun_ms, 1.5);
         let table = summary.to_string();
         assert!(table.contains("9/10 (90.0 %)"), "{table}");
 
@@ -817,7 +890,10 @@ mod tests {
             .render(&stats, stats.started() + Duration::from_secs(1))
             .to_owned();
         assert!(text.starts_with("fps  10.0 |"), "{text}");
-        assert!(text.contains("drop 3 late 1"), "{text}");
+        assert!(
+            text.contains("drop 3 late 1 (enc 1 +1.5ms) corrupt 0"),
+            "{text}"
+        );
         assert!(text.contains("acc 90.0%"), "{text}");
         // The next window has no new frames.
         let text = line.render(&stats, stats.started() + Duration::from_secs(2));

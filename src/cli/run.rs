@@ -9,7 +9,8 @@ use arc_swap::ArcSwap;
 use ocellus::config::Config;
 use ocellus::infer::Engine;
 use ocellus::manifest::{Manifest, Role};
-use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
+use ocellus::notify::ServiceNotifier;
+use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineError, PipelineSettings};
 use ocellus::prompts::{PromptWatcher, TextEncoder, POLL_INTERVAL};
 use ocellus::shm::{Dims, ShmSink, ShmSinkConfig, WriterConfig};
 use ocellus::sink::{LogSink, Sink, StatusMode, StatusReporter};
@@ -44,7 +45,7 @@ pub struct RunArgs {
 }
 
 /// The current prompt set and, when the prompts come from a file, the watcher that updates it.
-struct Prompts {
+pub(super) struct Prompts {
     current: Arc<ArcSwap<ocellus::prompts::PromptSet>>,
     _watcher: Option<PromptWatcher>,
 }
@@ -65,20 +66,18 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
         ));
     }
 
-    let interrupt = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping exits at once (exit code 1).
-        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&interrupt))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&interrupt)))
-            .map_err(|e| Failure::runtime(format!("cannot install the signal handlers: {e}")))?;
-    }
+    let interrupt = interrupt_flag()?;
+    // systemd's notify protocol when NOTIFY_SOCKET is set (docs/service.md).
+    let mut service = ServiceNotifier::from_env();
 
     // `_prompts` keeps the prompt watcher (if any) running until the pipeline has stopped.
     let (mut pipeline, _prompts) = build(&config, &args)?;
-    pipeline
-        .start()
-        .map_err(|e| Failure::runtime(format!("cannot start the pipeline: {e}")))?;
+    pipeline.start().map_err(|e| match e {
+        PipelineError::Realtime(_) => Failure::config(format!("cannot start the pipeline: {e}")),
+        e => Failure::runtime(format!("cannot start the pipeline: {e}")),
+    })?;
     let started = Instant::now();
+    service.ready(pipeline.stats(), started);
     let mut reporter = if args.status_interval > 0.0 {
         StatusReporter::spawn(
             Arc::clone(pipeline.stats()),
@@ -98,14 +97,16 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
         .unwrap_or(Duration::MAX);
     loop {
         let left = limit.saturating_sub(started.elapsed());
-        if left.is_zero() || pipeline.wait(left.min(Duration::from_secs(3600)), &interrupt) {
+        if left.is_zero() || pipeline.wait(left.min(service.tick_interval()), &interrupt) {
             break;
         }
         if interrupt.load(Ordering::SeqCst) {
             tracing::info!("signal received; stopping");
             break;
         }
+        service.tick(pipeline.stats(), Instant::now());
     }
+    service.stopping();
     pipeline.stop();
     if let Some(r) = reporter.as_mut() {
         r.stop();
@@ -115,7 +116,8 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
     if let Some(path) = &args.summary_json {
         write_json(path, &summary)?;
     }
-    if summary.frames == 0 {
+    // A signal before the first frame (a service stopped during start-up) is not a failure.
+    if summary.frames == 0 && !interrupt.load(Ordering::SeqCst) {
         return Err(Failure::runtime(format!(
             "no frame was processed in {:.1} s: see the log above for camera and model errors",
             summary.duration_s
@@ -124,8 +126,20 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Loads the model and prompts, opens the sources and allocates the pipeline (nothing runs yet).
-fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompts), Failure> {
+/// A flag SIGINT and SIGTERM set; a second signal while stopping exits at once (exit code 1).
+pub(super) fn interrupt_flag() -> Result<Arc<AtomicBool>, Failure> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&interrupt))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&interrupt)))
+            .map_err(|e| Failure::runtime(format!("cannot install the signal handlers: {e}")))?;
+    }
+    Ok(interrupt)
+}
+
+/// Loads the model and prompts, opens the sources and allocates the pipeline (nothing runs yet); `ocellus
+/// bench` builds its pipeline here too. The returned [`Prompts`] must outlive the pipeline's run.
+pub(super) fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompts), Failure> {
     let manifest = Manifest::load(&config.model.manifest).map_err(Failure::config)?;
     let engine = Engine::load(&manifest, config.model.variant, config.model.threads)
         .map_err(Failure::config)?;
@@ -162,8 +176,13 @@ fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompts), Failure
             .with(Stage::EndToEnd, Some(b.end_to_end)),
         max_frames: args.frames,
         max_prompts: config.prompts.max,
+        realtime: config.realtime.clone(),
+        test_hooks: config.testing,
         ..PipelineSettings::default()
     };
+    if config.testing.is_active() {
+        tracing::warn!(testing = ?config.testing, "test aids from [testing] are on: frames are slowed or stalled on purpose");
+    }
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LogSink::new())];
     let dims = Dims {
         cameras: config.cameras.len(),
