@@ -1,10 +1,14 @@
-//! The `ocellus` command: `run`, `check`, `infer`, `read`, `top`.
+//! The `ocellus` command: `run`, `bench`, `cameras`, `check`, `infer`, `read`, `top`.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (a source or model failed while running, no frame was
 //! processed, an output could not be written); 2 a bad configuration or model bundle (also clap's code for
 //! a bad command line).
 
 mod cli;
+
+/// Frame-path threads allocate from the region taken at start-up (src/alloc.rs, docs/memory.md).
+#[global_allocator]
+static ALLOC: ocellus::alloc::Allocator = ocellus::alloc::Allocator;
 
 use std::process::ExitCode;
 
@@ -35,6 +39,12 @@ struct Cli {
 enum Command {
     /// Run the pipeline: cameras -> prepare -> infer -> publish, with a live status line and a summary.
     Run(cli::run::RunArgs),
+    /// Measure the pipeline (latency distribution per stage, throughput, memory) and the models against
+    /// onnxruntime; writes a JSON report and optionally an SVG plot (docs/bench.md).
+    Bench(cli::bench::BenchArgs),
+    /// List the V4L2 cameras (capture nodes, their by-id/by-path names, driver, formats, sizes, frame
+    /// rates) with a [[camera]] table to start from.
+    Cameras(cli::cameras::CamerasArgs),
     /// Validate the configuration and the model bundle; one line per problem, exit 2 if there is any.
     Check(cli::check::CheckArgs),
     /// Run the models on image files (PNG, JPEG) and print the top prompts with their scores.
@@ -54,6 +64,8 @@ fn main() -> ExitCode {
     };
     let result = match args.command {
         Command::Run(a) => cli::run::run(a, verbosity),
+        Command::Bench(a) => cli::bench::bench(a, verbosity),
+        Command::Cameras(a) => cli::cameras::cameras(a, verbosity),
         Command::Check(a) => cli::check::check(a, verbosity),
         Command::Infer(a) => cli::infer::infer(a, verbosity),
         Command::Read(a) => cli::read::read(a, verbosity),

@@ -16,8 +16,12 @@
 //! deadline sets its bit in [`FrameResult::flags`] and is counted per camera and stage in [`Stats`].
 //!
 //! Failures: a source error is logged and counted, the camera is marked lost and its source restarted with
-//! exponential backoff while the other cameras keep running; a frame the preparer rejects (truncated MJPEG,
-//! wrong byte count) is counted as corrupt and skipped; an inference error is counted and the frame skipped.
+//! exponential backoff while the other cameras keep running; a stalled source ([`SourceError::Stalled`]) is
+//! flagged (`Stats` `stalled`, the status line, the shared-memory status block) and reopened at once, a
+//! disconnected one ([`SourceError::Disconnected`]) is reopened as soon as its device is back (polled every
+//! 100 ms); gaps in a source's sequence numbers are counted as driver-dropped frames; a frame the preparer
+//! rejects (truncated MJPEG, wrong byte count) is counted as corrupt and skipped; an inference error is
+//! counted and the frame skipped.
 //! Nothing on the frame path panics on input.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, Ordering::Relaxed};
@@ -35,7 +39,7 @@ use crate::prepare::{PrepareError, Preparer};
 use crate::prompts::PromptSet;
 use crate::rt::{RealtimeSettings, Role, RtError};
 use crate::sink::Sink;
-use crate::source::{FrameSource, SourceError};
+use crate::source::{FrameSource, SequenceGaps, SourceError};
 use crate::stats::{Stage, Stats, STAGE_COUNT};
 
 /// Result flag: the camera's source is failing (set on frames taken while it is being restarted).
@@ -424,6 +428,7 @@ impl Pipeline {
         let (rt_tx, rt_rx) = std::sync::mpsc::channel();
         let (policy, report) = (self.settings.realtime.inference.clone(), rt_tx.clone());
         let handle = spawn("ocellus-infer".into(), move || {
+            crate::alloc::register_thread(crate::alloc::Role::Inference);
             apply_realtime(Role::Inference, &policy, "ocellus-infer", report);
             inference_loop(infer, &stats, &running, &cameras_live)
         })
@@ -444,6 +449,7 @@ impl Pipeline {
                 name.clone(),
             );
             match spawn(name.clone(), move || {
+                crate::alloc::register_thread(crate::alloc::Role::Capture);
                 apply_realtime(Role::Capture, &policy, &thread, report);
                 capture_loop(cap, &stats, &running, waker.as_ref(), backoff);
                 live.fetch_sub(1, Ordering::SeqCst);
@@ -572,6 +578,10 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(|source| PipelineError::Spawn { name, source })
 }
 
+/// How often a capture thread retries opening a camera whose device is gone (a missing path costs one failed
+/// `open`).
+const RECONNECT_POLL: Duration = Duration::from_millis(100);
+
 /// Sleeps up to `d`, waking early when the pipeline stops. Returns whether it is still running.
 fn sleep_while_running(running: &AtomicBool, d: Duration) -> bool {
     let until = Instant::now() + d;
@@ -596,12 +606,29 @@ fn capture_loop(
     let counters = &cam.counters;
     let mut backoff = backoff_min;
     let mut started = false;
+    let mut gaps = SequenceGaps::new();
+    // Set from a stall or a disconnect until the source is open again.
+    let mut reconnecting = false;
     while running.load(Relaxed) {
         if !started {
             match cap.source.start() {
                 Ok(()) => {
                     started = true;
-                    tracing::info!(camera = cap.index, name = %cap.name, source = %cap.source.describe(), "camera started");
+                    gaps.reset();
+                    if std::mem::take(&mut reconnecting) {
+                        counters.reconnects.fetch_add(1, Relaxed);
+                        tracing::info!(camera = cap.index, name = %cap.name, source = %cap.source.describe(), "camera reopened");
+                    } else {
+                        tracing::info!(camera = cap.index, name = %cap.name, source = %cap.source.describe(), "camera started");
+                    }
+                }
+                Err(e @ SourceError::Disconnected { .. }) if reconnecting => {
+                    // Waiting for the device to come back: poll its path quietly at a short, fixed interval.
+                    tracing::debug!(camera = cap.index, name = %cap.name, error = %e, "camera still gone");
+                    if !sleep_while_running(running, RECONNECT_POLL) {
+                        break;
+                    }
+                    continue;
                 }
                 Err(e) => {
                     counters.source_errors.fetch_add(1, Relaxed);
@@ -634,7 +661,11 @@ fn capture_loop(
             Ok(()) => {
                 buf.meta.camera = cap.index;
                 counters.captured.fetch_add(1, Relaxed);
-                if counters.lost.swap(false, Relaxed) {
+                let missing = gaps.observe(buf.meta.sequence);
+                if missing > 0 {
+                    counters.driver_dropped.fetch_add(missing, Relaxed);
+                }
+                if counters.lost.swap(false, Relaxed) | counters.stalled.swap(false, Relaxed) {
                     tracing::info!(camera = cap.index, name = %cap.name, "camera recovered");
                 }
                 backoff = backoff_min;
@@ -653,6 +684,33 @@ fn capture_loop(
                     SourceError::EndOfStream { .. } => {
                         tracing::info!(camera = cap.index, name = %cap.name, "camera reached the end of its frames");
                         break;
+                    }
+                    SourceError::Stalled { .. } => {
+                        // Reopen at once: a stalled stream rarely recovers without STREAMOFF/STREAMON.
+                        counters.stalls.fetch_add(1, Relaxed);
+                        if counters.stalled.swap(true, Relaxed) {
+                            tracing::debug!(camera = cap.index, name = %cap.name, error = %e, "camera still stalled; reopening it");
+                        } else {
+                            tracing::warn!(camera = cap.index, name = %cap.name, error = %e, "camera stalled; reopening it");
+                        }
+                        cap.source.stop();
+                        started = false;
+                        reconnecting = true;
+                        counters.restarts.fetch_add(1, Relaxed);
+                        cap.restarted.store(true, Relaxed);
+                        continue;
+                    }
+                    SourceError::Disconnected { .. } => {
+                        counters.disconnects.fetch_add(1, Relaxed);
+                        counters.source_errors.fetch_add(1, Relaxed);
+                        counters.lost.store(true, Relaxed);
+                        tracing::error!(camera = cap.index, name = %cap.name, error = %e, "camera disconnected");
+                        cap.source.stop();
+                        started = false;
+                        reconnecting = true;
+                        counters.restarts.fetch_add(1, Relaxed);
+                        cap.restarted.store(true, Relaxed);
+                        continue;
                     }
                     _ => {}
                 }

@@ -313,6 +313,16 @@ pub struct CameraCounters {
     pub last_sequence: AtomicU64,
     /// The source is failing and being restarted.
     pub lost: AtomicBool,
+    /// Times no frame came within the source's stall timeout (V4L2: `stall-periods` / `stall-timeout-ms`).
+    pub stalls: AtomicU64,
+    /// Times the device went away (unplugged, ENODEV).
+    pub disconnects: AtomicU64,
+    /// Times the source was reopened after a stall or a disconnect.
+    pub reconnects: AtomicU64,
+    /// Frames the source's sequence numbers skipped (V4L2: frames the driver dropped or marked corrupt).
+    pub driver_dropped: AtomicU64,
+    /// The camera is stalled now (set at a stall, cleared by its next frame).
+    pub stalled: AtomicBool,
 }
 
 /// Counters and one histogram per stage for one camera.
@@ -449,6 +459,10 @@ impl Stats {
                     publish_errors: c.publish_errors.load(Relaxed),
                     source_errors: c.source_errors.load(Relaxed),
                     restarts: c.restarts.load(Relaxed),
+                    stalls: c.stalls.load(Relaxed),
+                    disconnects: c.disconnects.load(Relaxed),
+                    reconnects: c.reconnects.load(Relaxed),
+                    driver_dropped: c.driver_dropped.load(Relaxed),
                     late_frames: c.late_frames.load(Relaxed),
                     fps: if elapsed > 0.0 {
                         processed as f64 / elapsed
@@ -476,6 +490,10 @@ impl Stats {
             dropped: self.total(|c| &c.dropped),
             corrupt: self.total(|c| &c.corrupt),
             late_frames: self.total(|c| &c.late_frames),
+            stalls: self.total(|c| &c.stalls),
+            disconnects: self.total(|c| &c.disconnects),
+            reconnects: self.total(|c| &c.reconnects),
+            driver_dropped: self.total(|c| &c.driver_dropped),
             errors: self.total(|c| &c.infer_errors)
                 + self.total(|c| &c.publish_errors)
                 + self.total(|c| &c.source_errors),
@@ -542,6 +560,10 @@ pub struct CameraSummary {
     pub publish_errors: u64,
     pub source_errors: u64,
     pub restarts: u64,
+    pub stalls: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    pub driver_dropped: u64,
     pub late_frames: u64,
     pub fps: f64,
     pub labelled: u64,
@@ -562,6 +584,11 @@ pub struct Summary {
     pub corrupt: u64,
     pub late_frames: u64,
     pub errors: u64,
+    /// Camera faults, all cameras: stalls, disconnects, reopenings after either, frames the drivers dropped.
+    pub stalls: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    pub driver_dropped: u64,
     pub labelled: u64,
     pub correct: u64,
     /// Fraction of labelled frames whose top prompt equals the ground truth (synthetic source only).
@@ -584,6 +611,13 @@ impl std::fmt::Display for Summary {
             self.late_frames,
             self.errors
         )?;
+        if self.stalls + self.disconnects + self.reconnects + self.driver_dropped > 0 {
+            writeln!(
+                f,
+                "camera faults: stalls {}, disconnects {}, reconnects {}, driver-dropped frames {}",
+                self.stalls, self.disconnects, self.reconnects, self.driver_dropped
+            )?;
+        }
         if let Some(acc) = self.accuracy {
             writeln!(
                 f,
@@ -622,6 +656,13 @@ impl std::fmt::Display for Summary {
                     c.camera, c.processed, c.fps, c.captured, c.dropped, c.corrupt, c.late_frames,
                     c.source_errors, c.restarts
                 )?;
+                if c.stalls + c.disconnects + c.reconnects + c.driver_dropped > 0 {
+                    writeln!(
+                        f,
+                        "camera {}: stalls {}, disconnects {}, reconnects {}, driver-dropped frames {}",
+                        c.camera, c.stalls, c.disconnects, c.reconnects, c.driver_dropped
+                    )?;
+                }
             }
         }
         Ok(())
@@ -728,6 +769,24 @@ impl StatusLine {
             .count();
         if lost > 0 {
             let _ = write!(self.line, " LOST {lost}");
+        }
+        let stalled = stats
+            .iter()
+            .filter(|c| c.counters.stalled.load(Relaxed))
+            .count();
+        if stalled > 0 {
+            let _ = write!(self.line, " STALLED {stalled}");
+        }
+        let (stalls, reconnects, gaps) = (
+            stats.total(|c| &c.stalls),
+            stats.total(|c| &c.reconnects),
+            stats.total(|c| &c.driver_dropped),
+        );
+        if stalls + reconnects + gaps > 0 {
+            let _ = write!(
+                self.line,
+                " stalls {stalls} reconn {reconnects} drv-drop {gaps}"
+            );
         }
         let labelled = stats.total(|c| &c.labelled);
         if labelled > 0 {

@@ -1,105 +1,19 @@
-//! The frame-source conformance suite, written once over the `FrameSource` trait and run against every
-//! implementation (synthetic in every format, replay of a raw recording and of image directories). The V4L2
-//! source (issue 5) joins by adding a case here.
+//! The frame-source conformance suite (tests/common/conformance.rs, written once over the `FrameSource`
+//! trait) run against the synthetic camera in every format and replay of a raw recording and of image
+//! directories; tests/hil.rs runs the same suite against the V4L2 source on a real (virtual) camera.
+
+#[path = "common/conformance.rs"]
+mod conformance;
 
 use std::path::Path;
 
+use conformance::{conformance, Expect};
+
 use ocellus::config::{CameraConfig, SourceConfig};
-use ocellus::frame::{FrameBuf, FramePool, PixelFormat};
-use ocellus::scene::NUM_CLASSES;
+use ocellus::frame::{FrameBuf, PixelFormat};
 use ocellus::source::{
     self, write_raw_file, FrameSource, ReplaySource, SourceError, SyntheticSource,
 };
-
-/// What a conformance run expects of a source.
-struct Expect {
-    format: PixelFormat,
-    width: u32,
-    height: u32,
-    labels: bool,
-}
-
-/// Runs `frames` frames through pooled buffers and checks the trait's contract.
-fn conformance(source: &mut dyn FrameSource, expect: &Expect, frames: usize) {
-    let what = source.describe();
-    assert!(!what.is_empty());
-    let mut unstarted = FrameBuf::new(source.max_frame_bytes());
-    assert!(
-        matches!(
-            source.next_frame(&mut unstarted),
-            Err(SourceError::NotStarted { .. })
-        ),
-        "{what}: next_frame before start is an error"
-    );
-    source
-        .start()
-        .unwrap_or_else(|e| panic!("{what}: start: {e}"));
-    let max = source.max_frame_bytes();
-    assert!(
-        max >= expect
-            .format
-            .frame_bytes(expect.width, expect.height)
-            .unwrap_or(1)
-    );
-    let pool = FramePool::new(3, max);
-    let mut last: Option<(u64, u64)> = None;
-    let mut labels = 0;
-    for n in 0..frames {
-        let mut buf = pool.take().expect("pool has a free buffer");
-        let ptr = buf.data.as_ptr();
-        source
-            .next_frame(&mut buf)
-            .unwrap_or_else(|e| panic!("{what}: frame {n}: {e}"));
-        assert_eq!(buf.data.as_ptr(), ptr, "{what}: the buffer was reallocated");
-        assert_eq!(buf.data.len(), max, "{what}: the buffer changed size");
-        let m = buf.meta;
-        assert_eq!(
-            (m.format, m.width, m.height),
-            (expect.format, expect.width, expect.height),
-            "{what}"
-        );
-        match expect.format.frame_bytes(m.width, m.height) {
-            Some(exact) => assert_eq!(m.bytes, exact, "{what}: frame {n} byte count"),
-            None => {
-                assert!(
-                    m.bytes > 4 && m.bytes <= max,
-                    "{what}: mjpeg frame of {} bytes",
-                    m.bytes
-                );
-                assert_eq!(
-                    &buf.bytes()[..2],
-                    &[0xFF, 0xD8],
-                    "{what}: mjpeg frame starts with SOI"
-                );
-                assert_eq!(
-                    &buf.bytes()[m.bytes - 2..],
-                    &[0xFF, 0xD9],
-                    "{what}: mjpeg frame ends with EOI"
-                );
-            }
-        }
-        assert!(m.capture_ns > 0, "{what}: capture time on CLOCK_MONOTONIC");
-        if let Some((seq, t)) = last {
-            assert_eq!(m.sequence, seq + 1, "{what}: sequence increases by one");
-            assert!(m.capture_ns >= t, "{what}: capture time never goes back");
-        }
-        last = Some((m.sequence, m.capture_ns));
-        if let Some(label) = m.label {
-            assert!((label as usize) < NUM_CLASSES, "{what}: label {label}");
-            labels += 1;
-        }
-        pool.give(buf).expect("buffer returns to its pool");
-    }
-    if expect.labels {
-        assert_eq!(labels, frames, "{what}: every frame carries ground truth");
-    }
-    assert_eq!(pool.available(), 3);
-    source.stop();
-    assert!(matches!(
-        source.next_frame(&mut unstarted),
-        Err(SourceError::NotStarted { .. })
-    ));
-}
 
 fn synthetic_camera(format: PixelFormat, width: u32, height: u32, fps: u32) -> CameraConfig {
     CameraConfig {
@@ -392,7 +306,8 @@ fn v4l2_without_the_device_says_which_and_how_to_find_one() {
         fps: 30,
         pool_size: 4,
     };
-    let mut source = source::open(0, &camera).expect("a v4l2 source is made without opening the device");
+    let mut source =
+        source::open(0, &camera).expect("a v4l2 source is made without opening the device");
     let mut buf = FrameBuf::new(source.max_frame_bytes());
     assert!(matches!(
         source.next_frame(&mut buf),

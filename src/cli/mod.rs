@@ -1,5 +1,7 @@
 //! The subcommands of the `ocellus` binary and what they share: loading the config, logging, exit codes.
 
+pub mod bench;
+pub mod cameras;
 pub mod check;
 pub mod infer;
 pub mod read;

@@ -71,6 +71,10 @@ fn counters_of(stats: &Stats, camera: usize) -> CameraCounters {
             layout::FLAG_CAMERA_LOST
         } else {
             0
+        } | if c.stalled.load(Relaxed) {
+            layout::FLAG_STALLED
+        } else {
+            0
         },
     }
 }
