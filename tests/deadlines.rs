@@ -1,0 +1,333 @@
+//! Deadlines under an artificially slow stage (`[testing] delay-stage` / `delay-ms`, a test aid): late frames
+//! are flagged and counted per stage with their overrun, inference that cannot keep up drops the older frames
+//! (newest wins, every drop counted) and nothing grows: every captured frame is accounted for and the resident
+//! set stays flat.
+//!
+//! Counts and content only; the one comparison with a duration is the delay itself (a sleep lasts at least as
+//! long as asked). Every wait has a limit that fails the test instead of hanging.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use ocellus::config::{Config, Origin};
+use ocellus::infer::Engine;
+use ocellus::manifest::{Manifest, Variant};
+use ocellus::pipeline::{
+    CameraSpec, Deadlines, FrameResult, Pipeline, PipelineSettings, TestHooks,
+};
+use ocellus::prompts::{PromptSet, TextEncoder};
+use ocellus::scene::PROMPTS;
+use ocellus::sink::{Sink, SinkError};
+use ocellus::stats::{Stage, Stats};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn demo() -> (Manifest, Engine, Arc<ArcSwap<PromptSet>>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/manifest.toml");
+    let manifest = Manifest::load(&path).expect("demo manifest");
+    let engine = Engine::load(&manifest, Variant::Fp32, 1).expect("load demo engine");
+    let labels: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
+    let set = TextEncoder::load(&manifest, Variant::Fp32)
+        .and_then(|mut t| t.embed(&labels))
+        .expect("embed demo prompts");
+    (manifest, engine, Arc::new(ArcSwap::from_pointee(set)))
+}
+
+/// The config of a synthetic 30 fps camera plus `extra`, parsed as a user's file would be.
+fn config(extra: &str) -> Config {
+    Config::parse(
+        &format!(
+            "[[camera]]\nname = \"cam\"\nsource = \"synthetic\"\npixel-format = \"yuyv\"\nwidth = 160\n\
+             height = 120\nfps = 30\npool-size = 4\n\n{extra}\n"
+        ),
+        Origin::Embedded,
+    )
+    .expect("valid config")
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    sequence: u64,
+    flags: u32,
+    stage_ns: [u64; ocellus::stats::STAGE_COUNT],
+}
+
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<Seen>>>);
+
+impl Sink for Collect {
+    fn publish(&mut self, r: &FrameResult<'_>) -> Result<(), SinkError> {
+        self.0
+            .lock()
+            .map_err(|_| SinkError::Closed { sink: "collect" })?
+            .push(Seen {
+                sequence: r.sequence,
+                flags: r.flags,
+                stage_ns: r.stage_ns,
+            });
+        Ok(())
+    }
+}
+
+/// Resident set size of this process in bytes (/proc/self/statm).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("resident pages");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+fn wait_for(what: &str, stats: &Stats, mut done: impl FnMut(&Stats) -> bool) {
+    let until = Instant::now() + LIMIT;
+    while !done(stats) {
+        assert!(
+            Instant::now() < until,
+            "watchdog: no {what} within {LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the pipeline built from `cfg` (its budgets and test hooks) for `frames` published frames, and returns
+/// its statistics, what the sink saw, and the resident set after `frames / 4` and after `frames` frames.
+fn run(cfg: &Config, frames: u64) -> (Arc<Stats>, Vec<Seen>, u64, u64) {
+    let (manifest, engine, prompts) = demo();
+    let cam = &cfg.cameras[0];
+    let source = ocellus::source::open(0, cam).expect("synthetic source");
+    let b = &cfg.budgets;
+    let settings = PipelineSettings {
+        deadlines: Deadlines::default()
+            .with(Stage::Dequeue, Some(b.capture))
+            .with(Stage::Prepare, Some(b.prepare))
+            .with(Stage::Encoder, Some(b.encoder))
+            .with(Stage::Resampler, Some(b.resampler))
+            .with(Stage::Publish, Some(b.publish))
+            .with(Stage::EndToEnd, Some(b.end_to_end)),
+        test_hooks: cfg.testing,
+        // The inference thread ends by itself after `frames`: no delay is cut short by a stop.
+        max_frames: Some(frames),
+        ..PipelineSettings::default()
+    };
+    let sink = Collect::default();
+    let mut p = Pipeline::new(
+        settings,
+        vec![CameraSpec {
+            name: cam.name.clone(),
+            source,
+            format: cam.format,
+            width: cam.width,
+            height: cam.height,
+            pool_size: cam.pool_size,
+        }],
+        engine,
+        &manifest.preprocess,
+        prompts,
+        vec![Box::new(sink.clone())],
+    )
+    .expect("pipeline");
+    p.start().expect("start");
+    let stats = Arc::clone(p.stats());
+    let processed = |s: &Stats| s.total(|c| &c.processed);
+    wait_for("warm-up frames", &stats, |s| processed(s) >= frames / 4);
+    let rss_warm = rss_bytes();
+    wait_for("the last frame", &stats, |_| !p.is_running());
+    let rss_end = rss_bytes();
+    p.stop();
+    let seen = sink.0.lock().expect("seen").clone();
+    (stats, seen, rss_warm, rss_end)
+}
+
+const DELAY_MS: u64 = 40;
+
+#[test]
+fn a_slow_encoder_is_flagged_counted_and_drops_frames_without_growing_anything() {
+    // Encoder budget 20 ms, the test aid adds 40 ms to every encoder run; the 30 fps camera delivers a frame
+    // every 33 ms, so inference (over 40 ms a frame) cannot keep up. The other budgets are loose.
+    let cfg = config(&format!(
+        "[budgets]\ncapture-ms = 60000\nprepare-ms = 60000\nencoder-ms = 20\nresampler-ms = 60000\n\
+         publish-ms = 60000\nend-to-end-ms = 60000\n\n[testing]\ndelay-stage = \"encoder\"\n\
+         delay-ms = {DELAY_MS}\n"
+    ));
+    assert_eq!(
+        cfg.testing,
+        TestHooks {
+            delay: Some((Stage::Encoder, Duration::from_millis(DELAY_MS))),
+            stall_after_frames: None,
+        }
+    );
+    let frames = 120;
+    let (stats, seen, rss_warm, rss_end) = run(&cfg, frames);
+    let c = &stats.camera(0).counters;
+    let processed = c.processed.load(Relaxed);
+    let late_enc = c.late[Stage::Encoder.index()].load(Relaxed);
+
+    // Every frame was late in the encoder and only there; each says so in its flags.
+    assert_eq!(processed, frames);
+    assert_eq!(late_enc, processed, "every frame's encoder is over budget");
+    assert_eq!(c.late_frames.load(Relaxed), processed);
+    for stage in [
+        Stage::Dequeue,
+        Stage::Prepare,
+        Stage::Resampler,
+        Stage::Publish,
+        Stage::EndToEnd,
+    ] {
+        assert_eq!(c.late[stage.index()].load(Relaxed), 0, "{stage:?}");
+    }
+    assert_eq!(seen.len() as u64, processed);
+    for s in &seen {
+        assert_eq!(s.flags & 0x7f, Stage::Encoder.late_bit(), "{s:?}");
+        assert!(
+            s.stage_ns[Stage::Encoder.index()] >= DELAY_MS * 1_000_000,
+            "{s:?}"
+        );
+    }
+    // The last overrun: the encoder's time minus its 20 ms budget, so at least the 40 ms delay minus 20 ms.
+    let overrun = c.last_overrun_ns[Stage::Encoder.index()].load(Relaxed);
+    assert!(overrun >= (DELAY_MS - 20) * 1_000_000, "{overrun}");
+    assert_eq!(stats.last_overrun_ns(Stage::Encoder), overrun);
+    let summary = stats.summary();
+    let enc = &summary.stages[Stage::Encoder.index()];
+    assert_eq!(enc.late, processed);
+    assert!(enc.last_overrun_ms >= (DELAY_MS - 20) as f64);
+    let mut line = ocellus::stats::StatusLine::new(&stats);
+    let text = line.render(&stats, Instant::now()).to_owned();
+    assert!(
+        text.contains(&format!("late {processed} (enc {processed} +")),
+        "{text}"
+    );
+
+    // Inference could not keep up: frames were dropped, newest first, and every one is accounted for.
+    let captured = c.captured.load(Relaxed);
+    let dropped = c.dropped.load(Relaxed);
+    assert!(
+        dropped > 0,
+        "no drops although inference is slower than the camera"
+    );
+    let unaccounted = captured - processed - dropped;
+    assert!(
+        unaccounted <= 2,
+        "captured {captured} = processed {processed} + dropped {dropped} + {unaccounted} in flight: \
+         at most the handoff slot and the frame being processed"
+    );
+    // Published frames are in capture order; the frames skipped between them are the dropped ones.
+    let skipped: u64 = seen
+        .windows(2)
+        .map(|w| {
+            assert!(w[1].sequence > w[0].sequence, "{w:?}");
+            w[1].sequence - w[0].sequence - 1
+        })
+        .sum();
+    // The synthetic camera numbers its frames from 0: frames before the first published one were dropped
+    // too, and up to 2 more after the last one (while the pipeline stopped).
+    let before_first = seen[0].sequence;
+    assert!(
+        skipped + before_first <= dropped && dropped - skipped - before_first <= 2,
+        "skipped {skipped} + {before_first} before the first, dropped {dropped}"
+    );
+
+    // Nothing grows: the resident set after 120 frames is within 8 MiB of the one after 30.
+    let growth = rss_end.saturating_sub(rss_warm);
+    assert!(
+        growth < 8 << 20,
+        "resident set grew by {growth} bytes from frame {} to {frames}",
+        frames / 4
+    );
+    eprintln!(
+        "slow encoder: {processed} frames, {late_enc} late (last overrun {:.1} ms), captured {captured}, \
+         dropped {dropped}, rss {} -> {} KiB",
+        overrun as f64 / 1e6,
+        rss_warm / 1024,
+        rss_end / 1024
+    );
+}
+
+#[test]
+fn each_delayable_stage_is_charged_to_its_own_deadline() {
+    // One stage at a time: its own late counter moves (and end to end, with a 30 ms budget), no other.
+    for (name, stage) in [
+        ("capture", Stage::Dequeue),
+        ("prepare", Stage::Prepare),
+        ("resampler", Stage::Resampler),
+        ("publish", Stage::Publish),
+    ] {
+        let cfg = config(&format!(
+            "[budgets]\ncapture-ms = 25\nprepare-ms = 25\nencoder-ms = 25\nresampler-ms = 25\n\
+             publish-ms = 25\nend-to-end-ms = 60000\n\n[testing]\ndelay-stage = \"{name}\"\n\
+             delay-ms = {DELAY_MS}\n"
+        ));
+        let (stats, seen, _, _) = run(&cfg, 8);
+        let c = &stats.camera(0).counters;
+        let processed = c.processed.load(Relaxed);
+        assert_eq!(
+            c.late[stage.index()].load(Relaxed),
+            processed,
+            "{name}: every frame late in {stage:?}"
+        );
+        assert!(
+            stats.last_overrun_ns(stage) >= (DELAY_MS - 25) * 1_000_000,
+            "{name}"
+        );
+        for other in [Stage::Prepare, Stage::Resampler, Stage::Publish] {
+            if other != stage {
+                assert_eq!(c.late[other.index()].load(Relaxed), 0, "{name}: {other:?}");
+            }
+        }
+        // The published flags carry the stage's bit (publish is still under way when a sink sees the frame).
+        if stage != Stage::Publish {
+            assert!(
+                seen.iter().all(|s| s.flags & stage.late_bit() != 0),
+                "{name}: {seen:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn testing_keys_are_validated_with_the_key_named() {
+    for (text, key, needle) in [
+        (
+            "[testing]\ndelay-stage = \"encoder\"\n",
+            "testing.delay-ms",
+            "without it",
+        ),
+        (
+            "[testing]\ndelay-ms = 10\n",
+            "testing.delay-stage",
+            "without it",
+        ),
+        (
+            "[testing]\ndelay-stage = \"score\"\ndelay-ms = 10\n",
+            "testing.delay-stage",
+            "unknown stage 'score'",
+        ),
+        (
+            "[testing]\ndelay-stage = \"encoder\"\ndelay-ms = -1\n",
+            "testing.delay-ms",
+            "above 0",
+        ),
+        (
+            "[testing]\nstall-after-frames = 0\n",
+            "testing.stall-after-frames",
+            "at least 1",
+        ),
+        ("[testing]\nslow = true\n", "testing", "slow"),
+    ] {
+        let err = Config::parse(
+            &format!("[[camera]]\nsource = \"synthetic\"\n{text}"),
+            Origin::Embedded,
+        )
+        .expect_err(text)
+        .to_string();
+        assert!(err.contains(key) && err.contains(needle), "{text}: {err}");
+    }
+    let off = config("");
+    assert!(!off.testing.is_active());
+}
