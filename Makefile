@@ -15,6 +15,9 @@ APT_PACKAGES := pkg-config
 APT_PACKAGES += libclang-dev
 # The HIL VM test (tests/hil/run.sh): qemu, the initramfs tools, and gcc-12/make for building v4l2loopback.
 APT_PACKAGES += qemu-system-x86 busybox-static cpio kmod xz-utils gcc-12 make
+# The aarch64 cross toolchain and emulator, and what the Debian packages are built and tested with.
+APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static binutils dpkg-dev debootstrap \
+	lintian systemd
 
 .PHONY: setup setup-apt setup-rust setup-python test lint test-python test-rust run
 
@@ -54,3 +57,38 @@ run:
 .PHONY: test-hil
 test-hil:
 	CACHE=$(CACHE) tests/hil/run.sh
+
+# --- The robot: aarch64 cross build, tested under qemu-user, and Debian packages (bsp/, docs/deploy.md) ---------
+# Linker, runner and cross C compiler are in .cargo/config.toml. Cross builds use their own target directory, so a
+# long aarch64 build never holds the host target directory's lock.
+CROSS_TARGET := aarch64-unknown-linux-gnu
+CROSS_DIR ?= $(CACHE)/target-cross
+DEB_DIR ?= $(CACHE)/deb
+PACKAGE_ROOT ?= $(CACHE)/package-root.tar
+DEB_VERSION = $(shell sed -n '/^\[package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)-1
+
+.PHONY: setup-cross setup-package build-aarch64 test-aarch64 package test-package
+
+setup-cross:
+	rustup target add $(CROSS_TARGET)
+
+# The throwaway Debian 12 root test-package installs into (debootstrap, once; needs the Debian mirror).
+setup-package:
+	tests/package/make-root.sh $(PACKAGE_ROOT)
+
+build-aarch64:
+	CARGO_TARGET_DIR=$(CROSS_DIR) cargo build --locked --release --target $(CROSS_TARGET)
+
+# The library's tests and the parity test (demo model against the onnxruntime reference), for aarch64 under
+# qemu-user; release, so they share the dependencies' build with build-aarch64.
+test-aarch64:
+	CARGO_TARGET_DIR=$(CROSS_DIR) cargo test --locked --release --target $(CROSS_TARGET) --lib --test parity
+
+package: build-aarch64
+	cargo build --locked --release
+	bsp/debian/build-deb.sh amd64 $(CARGO_TARGET_DIR)/release/ocellus $(DEB_DIR)
+	bsp/debian/build-deb.sh arm64 $(CROSS_DIR)/$(CROSS_TARGET)/release/ocellus $(DEB_DIR)
+
+test-package: package
+	tests/package/test-package.sh $(PACKAGE_ROOT) $(DEB_DIR)/ocellus_$(DEB_VERSION)_amd64.deb \
+		$(DEB_DIR)/ocellus_$(DEB_VERSION)_arm64.deb
