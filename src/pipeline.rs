@@ -564,7 +564,7 @@ fn apply_realtime(
     thread: &str,
     report: std::sync::mpsc::Sender<(String, Vec<RtError>)>,
 ) {
-    let errors = crate::rt::apply_to_current_thread(role, policy);
+    let errors = crate::rt::apply_for_role(role, policy);
     if errors.is_empty() && !policy.is_default() {
         tracing::info!(thread, role = role.name(), cpus = %crate::rt::cpu_list(&policy.cpus), fifo_priority = ?policy.fifo_priority, "real-time settings applied");
     }

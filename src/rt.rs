@@ -7,7 +7,7 @@
 //! fails to start when `realtime.strict = true`.
 //!
 //! Layers: the `os` module at the bottom is the only `unsafe` code (sched_getaffinity, sched_setaffinity,
-//! pthread_setschedparam, sched_getscheduler, sched_getparam); everything above it is safe.
+//! sched_setscheduler, sched_getscheduler, sched_getparam); everything above it is safe.
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
@@ -180,9 +180,33 @@ pub fn cpu_list(cpus: &[usize]) -> String {
 /// Applies `policy` to the calling thread: first the CPU affinity, then the `SCHED_FIFO` priority. Each is
 /// attempted even when the other failed; the returned list holds every refusal (empty: all applied).
 pub fn apply_to_current_thread(role: Role, policy: &ThreadPolicy) -> Vec<RtError> {
+    apply_to_thread(role, 0, policy)
+}
+
+/// Name prefix of the matrix-product worker threads the inference engine starts (`model.threads` > 1; see
+/// `infer::executor`). They are spawned while the model loads, before the inference thread exists, so they do
+/// not inherit its settings: [`apply_for_role`] applies the inference policy to them too.
+pub const INFERENCE_WORKER_PREFIX: &str = "ocellus-mm-";
+
+/// Applies `role`'s policy to the calling thread and, for [`Role::Inference`], to the engine's worker threads
+/// ([`INFERENCE_WORKER_PREFIX`]). Returns every refusal (empty: all applied).
+pub fn apply_for_role(role: Role, policy: &ThreadPolicy) -> Vec<RtError> {
+    let mut errors = apply_to_current_thread(role, policy);
+    if role == Role::Inference && !policy.is_default() && errors.is_empty() {
+        // The same settings just succeeded on this thread; a worker can only differ by having exited.
+        for tid in threads_with_prefix(INFERENCE_WORKER_PREFIX).unwrap_or_default() {
+            errors.extend(apply_to_thread(role, tid, policy));
+        }
+    }
+    errors
+}
+
+/// Applies `policy` to thread `tid` of this process (`0`: the calling thread), as
+/// [`apply_to_current_thread`] does (for worker threads a library started elsewhere).
+pub fn apply_to_thread(role: Role, tid: i32, policy: &ThreadPolicy) -> Vec<RtError> {
     let mut errors = Vec::new();
     if !policy.cpus.is_empty() {
-        match os::getaffinity(0) {
+        match os::getaffinity(tid) {
             Ok(available) => {
                 if let Some(&cpu) = policy.cpus.iter().find(|c| !available.contains(c)) {
                     errors.push(RtError::NoSuchCpu {
@@ -190,7 +214,7 @@ pub fn apply_to_current_thread(role: Role, policy: &ThreadPolicy) -> Vec<RtError
                         cpu,
                         available,
                     });
-                } else if let Err(source) = os::setaffinity(0, &policy.cpus) {
+                } else if let Err(source) = os::setaffinity(tid, &policy.cpus) {
                     errors.push(RtError::Affinity {
                         role,
                         cpus: policy.cpus.clone(),
@@ -206,7 +230,7 @@ pub fn apply_to_current_thread(role: Role, policy: &ThreadPolicy) -> Vec<RtError
         }
     }
     if let Some(priority) = policy.fifo_priority {
-        if let Err(source) = os::set_current_fifo(priority) {
+        if let Err(source) = os::set_fifo(tid, priority) {
             errors.push(RtError::Priority {
                 role,
                 priority,
@@ -255,6 +279,15 @@ pub fn threads_named(name: &str) -> io::Result<Vec<i32>> {
 
 /// The kernel thread ids of process `pid`'s threads named `name` (`pid` = "self" or a number).
 pub fn threads_of_process_named(pid: &str, name: &str) -> io::Result<Vec<i32>> {
+    threads_matching(pid, |comm| comm == name)
+}
+
+/// The kernel thread ids of this process's threads whose name starts with `prefix`.
+pub fn threads_with_prefix(prefix: &str) -> io::Result<Vec<i32>> {
+    threads_matching("self", |comm| comm.starts_with(prefix))
+}
+
+fn threads_matching(pid: &str, matches: impl Fn(&str) -> bool) -> io::Result<Vec<i32>> {
     let mut tids = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let entry = entry?;
@@ -263,7 +296,7 @@ pub fn threads_of_process_named(pid: &str, name: &str) -> io::Result<Vec<i32>> {
         };
         // A thread may exit between the listing and the read.
         if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
-            if comm.trim_end_matches('\n') == name {
+            if matches(comm.trim_end_matches('\n')) {
                 tids.push(tid);
             }
         }
@@ -321,17 +354,15 @@ mod os {
         Ok(())
     }
 
-    /// Puts the calling thread on SCHED_FIFO at `priority`.
-    pub fn set_current_fifo(priority: u8) -> io::Result<()> {
+    /// Puts thread `tid` (0: the calling thread) on SCHED_FIFO at `priority`.
+    pub fn set_fifo(tid: i32, priority: u8) -> io::Result<()> {
         let param = libc::sched_param {
             sched_priority: i32::from(priority),
         };
-        // SAFETY: pthread_self() is the calling thread, alive for the duration of the call; `param` is a
-        // valid sched_param the call only reads. pthread_setschedparam returns the error number itself.
-        let rc =
-            unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
+        // SAFETY: `tid` is only an id (a stale one gives ESRCH); `param` is a valid sched_param the call only
+        // reads. On Linux sched_setscheduler acts on the one thread `tid` (0: the caller), not the process.
+        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(io::Error::last_os_error());
         }
         Ok(())
     }

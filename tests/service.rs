@@ -26,11 +26,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A config for a small synthetic camera and the demo model, with `extra` TOML appended.
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
+/// A config for a small synthetic camera and the demo model on `threads` threads, with `extra` TOML appended.
+fn write_config(dir: &Path, threads: usize, extra: &str) -> PathBuf {
     let text = format!(
         "[[camera]]\nname = \"cam\"\nsource = \"synthetic\"\npixel-format = \"yuyv\"\nwidth = 160\n\
-         height = 120\nfps = 30\n\n[model]\nmanifest = {:?}\nvariant = \"fp32\"\nthreads = 1\n\n\
+         height = 120\nfps = 30\n\n[model]\nmanifest = {:?}\nvariant = \"fp32\"\nthreads = {threads}\n\n\
          [prompts]\nlabels = [\"a red circle\", \"a blue square\"]\n\n{extra}\n",
         root()
             .join("models/demo/manifest.toml")
@@ -163,7 +163,13 @@ impl Service {
         wrap: &[&str],
     ) -> Service {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = write_config(dir.path(), config_extra);
+        // With [realtime], two model threads: the engine's worker threads must get the inference settings.
+        let threads = if config_extra.contains("[realtime]") {
+            2
+        } else {
+            1
+        };
+        let config = write_config(dir.path(), threads, config_extra);
         let stderr = dir.path().join("stderr.txt");
         let shm = format!("ocellus-test-{}-svc-{tag}", std::process::id());
         let bin = env!("CARGO_BIN_EXE_ocellus");
@@ -457,6 +463,16 @@ fn realtime_settings_are_applied_to_the_running_threads() {
     svc.wait_until("READY=1", &socket, || socket.count("READY=1") == 1);
     let infer = thread_of(&mut svc, &socket, "ocellus-infer");
     let cam = thread_of(&mut svc, &socket, "ocellus-cam0");
+    let workers = [
+        thread_of(&mut svc, &socket, "ocellus-mm-0"),
+        thread_of(&mut svc, &socket, "ocellus-mm-1"),
+    ];
+    for w in workers {
+        assert_eq!(rt::thread_affinity(w).expect("affinity"), vec![last]);
+        if root {
+            assert_eq!(rt::thread_policy(w).expect("policy"), SchedPolicy::Fifo(10));
+        }
+    }
     assert_eq!(rt::thread_affinity(infer).expect("affinity"), vec![last]);
     assert_eq!(rt::thread_affinity(cam).expect("affinity"), vec![first]);
     if root {
