@@ -91,6 +91,7 @@ pub(crate) fn executor(threads: usize) -> Result<Executor, LoadError> {
         n => rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .thread_name(|i| format!("ocellus-mm-{i}"))
+            .start_handler(|_| crate::alloc::register_thread(crate::alloc::Role::Worker))
             .build()
             .map(|pool| Executor::MultiThread(std::sync::Arc::new(pool)))
             .map_err(|e| LoadError::Threads {

@@ -28,6 +28,8 @@
 //! [`Config`] (one TOML file) -> [`Manifest`] + [`Engine`] + [`TextEncoder`] -> [`Pipeline`], or the
 //! `ocellus` binary (`ocellus run | check | infer`), which does exactly that.
 
+pub mod alloc;
+pub mod budget;
 pub mod config;
 pub mod frame;
 pub mod infer;

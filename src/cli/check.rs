@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use ocellus::budget::MemoryPlan;
 use ocellus::config::Config;
 use ocellus::infer::{self, Engine};
 use ocellus::manifest::Manifest;
@@ -47,15 +48,22 @@ pub fn check(args: CheckArgs, v: Verbosity) -> Result<(), Failure> {
         }
     }
 
+    let mut plan = None;
     match Manifest::load(&config.model.manifest) {
         Err(e) => problems.push(e.to_string()),
-        Ok(manifest) => check_model(&config, &manifest, &mut problems, &mut ok),
+        Ok(manifest) => plan = check_model(&config, &manifest, &mut problems, &mut ok),
     }
 
     if problems.is_empty() {
         println!("config {}: ok", config.origin);
         for line in ok {
             println!("  ok: {line}");
+        }
+        if let Some(plan) = plan {
+            println!("memory plan:");
+            for line in plan.to_string().lines() {
+                println!("  {line}");
+            }
         }
         Ok(())
     } else {
@@ -70,16 +78,22 @@ fn check_prompts(config: &Config, problems: &mut Vec<String>, ok: &mut Vec<Strin
     }
 }
 
+/// Checks the model against the config; returns the memory plan when the models load.
 fn check_model(
     config: &Config,
     manifest: &Manifest,
     problems: &mut Vec<String>,
     ok: &mut Vec<String>,
-) {
+) -> Option<MemoryPlan> {
     let variant = config.model.variant;
+    let estimate = MemoryPlan::estimate(config, manifest, true);
+    if let Err(e) = estimate.check() {
+        problems.push(e.to_string());
+        return None;
+    }
     if let Err(e) = infer::verify(manifest, variant) {
         problems.push(e.to_string());
-        return;
+        return None;
     }
     ok.push(format!(
         "model {} ({variant}) at {}: files, sha256 and shapes verified",
@@ -94,12 +108,39 @@ fn check_model(
             ));
         }
     }
-    match Engine::load(manifest, variant, config.model.threads) {
-        Ok(_) => ok.push("vision encoder and resampler load and plan".into()),
-        Err(e) => problems.push(e.to_string()),
-    }
+    let engine = match Engine::load(manifest, variant, config.model.threads) {
+        Ok(engine) => {
+            ok.push("vision encoder and resampler load and plan".into());
+            Some(engine)
+        }
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    let mut plan = None;
     match TextEncoder::load(manifest, variant) {
         Ok(mut enc) => {
+            if let Some(engine) = &engine {
+                let p = MemoryPlan::with_engine(
+                    config,
+                    manifest,
+                    true,
+                    engine.memory(),
+                    Some((enc.files(), enc.memory())),
+                );
+                match p.check() {
+                    Ok(()) => {
+                        ok.push(format!(
+                            "memory plan fits: {:.1} of {} MiB (budgets.memory-mib)",
+                            p.total_bytes() as f64 / (1 << 20) as f64,
+                            config.budgets.memory_mib
+                        ));
+                        plan = Some(p);
+                    }
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
             if let Ok(labels) = config.prompts.load(&config.origin) {
                 match enc.embed(&labels) {
                     Ok(set) => ok.push(format!("{} prompts embedded", set.len())),
@@ -109,6 +150,7 @@ fn check_model(
         }
         Err(e) => problems.push(e.to_string()),
     }
+    plan
 }
 
 /// Opens and starts the camera's source (which checks that it can deliver the configured format and size),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use ocellus::budget::{self, MemoryPlan};
 use ocellus::config::Config;
 use ocellus::infer::Engine;
 use ocellus::manifest::{Manifest, Role};
@@ -48,6 +49,8 @@ pub struct RunArgs {
 pub(super) struct Prompts {
     current: Arc<ArcSwap<ocellus::prompts::PromptSet>>,
     _watcher: Option<PromptWatcher>,
+    /// The text model's files and per-run tensors, for the memory budget.
+    text_memory: (Vec<ocellus::infer::FileSize>, ocellus::infer::PlanMemory),
 }
 
 pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
@@ -111,6 +114,7 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
     if let Some(r) = reporter.as_mut() {
         r.stop();
     }
+    log_frame_path_memory();
     let summary = pipeline.stats().summary();
     print!("{summary}");
     if let Some(path) = &args.summary_json {
@@ -141,6 +145,11 @@ pub(super) fn interrupt_flag() -> Result<Arc<AtomicBool>, Failure> {
 /// bench` builds its pipeline here too. The returned [`Prompts`] must outlive the pipeline's run.
 pub(super) fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompts), Failure> {
     let manifest = Manifest::load(&config.model.manifest).map_err(Failure::config)?;
+    // Refuse a configuration that cannot fit before loading the models, then again with their plans.
+    let with_shm = !args.no_shm;
+    MemoryPlan::estimate(config, &manifest, with_shm)
+        .check()
+        .map_err(Failure::config)?;
     let engine = Engine::load(&manifest, config.model.variant, config.model.threads)
         .map_err(Failure::config)?;
     tracing::info!(
@@ -150,6 +159,15 @@ pub(super) fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompt
         "models loaded"
     );
     let prompts = load_prompts(config, &manifest)?;
+    let (text_files, text_plan) = &prompts.text_memory;
+    let plan = MemoryPlan::with_engine(
+        config,
+        &manifest,
+        with_shm,
+        engine.memory(),
+        Some((text_files, *text_plan)),
+    );
+    plan.check().map_err(Failure::config)?;
 
     let mut cameras = Vec::with_capacity(config.cameras.len());
     for (index, cam) in config.cameras.iter().enumerate() {
@@ -201,7 +219,7 @@ pub(super) fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompt
         sinks,
     )
     .map_err(Failure::config)?;
-    if !args.no_shm {
+    if with_shm {
         let name = args.shm.as_deref().unwrap_or(&config.shm.name);
         let mut writer = WriterConfig::new(format!("/{}", name.trim_start_matches('/')), dims);
         writer.mode = config.shm.mode;
@@ -221,11 +239,39 @@ pub(super) fn build(config: &Config, args: &RunArgs) -> Result<(Pipeline, Prompt
             .add_sink(Box::new(sink))
             .map_err(|e| Failure::runtime(e.to_string()))?;
     }
+    let taken = budget::take(&plan, &config.memory).map_err(Failure::config)?;
+    tracing::info!(
+        planned_mib = plan.total_bytes() / (1 << 20),
+        budget_mib = config.budgets.memory_mib,
+        region_kib = taken.arena_bytes / 1024,
+        locked = taken.locked,
+        "memory budget checked; frame-path region reserved"
+    );
     Ok((pipeline, prompts))
+}
+
+/// Logs how much of the frame-path region the run used and whether the frame path ever fell back to
+/// the system allocator.
+fn log_frame_path_memory() {
+    let a = ocellus::alloc::stats();
+    tracing::info!(
+        region_kib = a.region_bytes / 1024,
+        high_water_kib = a.region_high_water / 1024,
+        region_allocations = a.region_allocations(),
+        system_allocations = a.system_allocations(),
+        "frame-path memory"
+    );
+    if a.fallbacks > 0 {
+        tracing::warn!(
+            fallbacks = a.fallbacks,
+            "the frame-path region was too small for some allocations: raise memory.arena-mib"
+        );
+    }
 }
 
 fn load_prompts(config: &Config, manifest: &Manifest) -> Result<Prompts, Failure> {
     let mut encoder = TextEncoder::load(manifest, config.model.variant).map_err(Failure::config)?;
+    let text_memory = (encoder.files().to_vec(), encoder.memory());
     if let Some(file) = &config.prompts.file {
         if !config.prompts.labels.is_empty() {
             tracing::warn!(
@@ -238,6 +284,7 @@ fn load_prompts(config: &Config, manifest: &Manifest) -> Result<Prompts, Failure
         return Ok(Prompts {
             current: watcher.prompts(),
             _watcher: Some(watcher),
+            text_memory,
         });
     }
     let labels = config
@@ -249,6 +296,7 @@ fn load_prompts(config: &Config, manifest: &Manifest) -> Result<Prompts, Failure
     Ok(Prompts {
         current: Arc::new(ArcSwap::from_pointee(set)),
         _watcher: None,
+        text_memory,
     })
 }
 

@@ -1,0 +1,112 @@
+//! Zero system allocations on the frame path, counted by ocellus's own global allocator.
+//!
+//! The demo pipeline as `ocellus run` builds it (a synthetic YUYV camera, unpaced; preparation; the demo
+//! model through tract; scoring; publishing into shared memory) runs 1,000 frames after warm-up. The
+//! allocator counts every allocation of the capture and inference threads, as served by the frame-path
+//! region or by the system allocator: the system count must stay 0, the capture thread must not allocate
+//! at all, tract's per-frame tensors must come from the region, and the region must not grow.
+//!
+//! One test per binary: the region and the counters belong to the process.
+
+mod memory_support;
+
+use std::time::Duration;
+
+use ocellus::alloc::{self, Role};
+use ocellus::budget;
+
+use memory_support::{build, config, processed, run_until, shm_name};
+
+#[global_allocator]
+static ALLOC: alloc::Allocator = alloc::Allocator;
+
+const WARM_UP: u64 = 50;
+const FRAMES: u64 = 1_000;
+const WATCHDOG: Duration = Duration::from_secs(600);
+
+#[test]
+fn frame_path_makes_no_system_allocation_after_warm_up() {
+    let config = config(1, "yuyv", 640, 480, "[memory]\nlock = false\n");
+    let (mut pipeline, plan) = build(&config, &shm_name("alloc-zero"));
+    let taken = budget::take(&plan, &config.memory).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        alloc::stats().installed,
+        "the test's global allocator is ocellus::alloc::Allocator"
+    );
+    assert_eq!(alloc::stats().region_bytes, taken.arena_bytes);
+
+    pipeline.start().unwrap_or_else(|e| panic!("{e}"));
+    run_until(
+        &pipeline,
+        WARM_UP,
+        WATCHDOG,
+        Duration::from_millis(5),
+        |_| {},
+    );
+    let before = alloc::stats();
+    let first = processed(&pipeline);
+    run_until(
+        &pipeline,
+        first + FRAMES,
+        WATCHDOG,
+        Duration::from_millis(5),
+        |_| {},
+    );
+    let after = alloc::stats();
+    let last = processed(&pipeline);
+    pipeline.stop();
+
+    let d = after.since(&before);
+    let frames = last - first;
+    println!(
+        "{frames} frames after {first} warm-up frames: system allocations capture {}, inference {}, workers {}; \
+         region allocations capture {}, inference {} ({:.0} per frame); region {} KiB of {} KiB carved \
+         (plan: {} KiB), fallbacks {}",
+        d.capture.system,
+        d.inference.system,
+        d.worker.system,
+        d.capture.region,
+        d.inference.region,
+        d.inference.region as f64 / frames as f64,
+        after.region_high_water / 1024,
+        after.region_bytes / 1024,
+        plan.arena_bytes / 1024,
+        d.fallbacks,
+    );
+    assert!(frames >= FRAMES);
+    for role in Role::ALL {
+        assert_eq!(
+            d.role(role).system,
+            0,
+            "{} threads made {} system allocations in {frames} frames",
+            role.name(),
+            d.role(role).system
+        );
+    }
+    assert_eq!(d.fallbacks, 0, "the region ran out");
+    assert_eq!(
+        d.capture.region, 0,
+        "a YUYV capture thread allocates nothing at all"
+    );
+    assert!(
+        d.inference.region >= 500 * frames,
+        "tract's per-frame tensors ({} allocations in {frames} frames) are served by the region",
+        d.inference.region
+    );
+    assert_eq!(
+        after.region_high_water, before.region_high_water,
+        "the region's footprint grew after warm-up"
+    );
+    assert!(after.region_high_water <= after.region_bytes);
+
+    // A request the region cannot hold is served by the system allocator and counted, never a crash.
+    let stats = alloc::stats();
+    alloc::register_thread(Role::Worker);
+    let big = vec![1u8; stats.region_bytes as usize + 4096];
+    alloc::unregister_thread();
+    let over = alloc::stats().since(&stats);
+    assert!(!alloc::region_contains(big.as_ptr()));
+    assert_eq!(big.iter().map(|&b| b as u64).sum::<u64>(), big.len() as u64);
+    assert_eq!((over.fallbacks, over.worker.system), (1, 1));
+    drop(big);
+}

@@ -1,0 +1,301 @@
+//! The memory budget: a configuration that does not fit `budgets.memory-mib` is refused before anything runs,
+//! with every part's size and the fix; one that fits is accepted; and a 10,000-frame run's resident set stays
+//! within the plan (which includes the fixed overhead: code, stacks, start-up heap) and does not grow.
+//!
+//! The RSS test runs 10,000 frames of an unpaced synthetic camera through the whole pipeline; about 2-4
+//! minutes on a 2-core machine (it prints its figures with --nocapture).
+
+mod memory_support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ocellus::alloc;
+use ocellus::budget::{self, MemoryPlan};
+use ocellus::manifest::Manifest;
+
+use memory_support::{build, config, processed, root, run_until, shm_name};
+
+#[global_allocator]
+static ALLOC: alloc::Allocator = alloc::Allocator;
+
+const MIB: u64 = 1 << 20;
+
+fn ocellus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ocellus"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run the ocellus binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Two 640x480 YUYV cameras and the demo model with `memory-mib` as the budget.
+fn write_config(dir: &Path, memory_mib: u64, shm: &str) -> String {
+    let path = dir.join(format!("budget-{memory_mib}.toml"));
+    let body = format!(
+        "[[camera]]\nname = \"front\"\npixel-format = \"yuyv\"\nwidth = 640\nheight = 480\npool-size = 4\n\n\
+         [[camera]]\nname = \"rear\"\npixel-format = \"yuyv\"\nwidth = 640\nheight = 480\npool-size = 4\n\n\
+         [model]\nmanifest = \"{}\"\n\n[budgets]\nmemory-mib = {memory_mib}\n\n[memory]\nlock = false\n\n\
+         [shm]\nname = \"{shm}\"\n",
+        root().join("models/demo/manifest.toml").display()
+    );
+    std::fs::write(&path, body).expect("write config");
+    path.display().to_string()
+}
+
+/// "57.2 MiB" / "600 KiB" / "12 B" as printed by `budget::human`, in bytes.
+fn parse_size(s: &str) -> u64 {
+    let (n, unit) = s.trim().split_once(' ').expect("a size with a unit");
+    let n: f64 = n.parse().expect("a number");
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => MIB as f64,
+        "GiB" => 1024.0 * MIB as f64,
+        other => panic!("unit {other}"),
+    };
+    (n * scale) as u64
+}
+
+/// The size printed for `part` in `ocellus check`'s memory plan.
+fn plan_line(stdout: &str, part: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(part))
+        .unwrap_or_else(|| panic!("no '{part}' line in:\n{stdout}"));
+    let rest = line[part.len()..].trim_start();
+    let end = rest
+        .find("iB")
+        .map(|i| i + 2)
+        .or_else(|| rest.find(" B").map(|i| i + 2))
+        .expect("a size");
+    parse_size(&rest[..end])
+}
+
+const PARTS: [&str; 11] = [
+    "frame pools",
+    "camera sources",
+    "prepared tensors",
+    "model weights",
+    "tract working memory",
+    "text encoder runs",
+    "result buffers",
+    "shared-memory segment",
+    "code and libraries",
+    "thread stacks",
+    "start-up heap",
+];
+
+#[test]
+fn a_budget_that_fits_is_accepted_and_check_prints_every_part() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), 512, &shm_name("fits"));
+    let out = ocellus(&["check", "--config", &cfg]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check failed: {}{stdout}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("memory plan fits"), "{stdout}");
+    for part in PARTS {
+        assert!(plan_line(&stdout, part) > 0 || part == "shared-memory segment");
+    }
+    assert!(stdout.contains("frame pools") && stdout.contains("2 x 4 x 600 KiB"));
+    let sum: u64 = PARTS.iter().map(|p| plan_line(&stdout, p)).sum();
+    let total = plan_line(&stdout, "total");
+    // Each line is rounded to 0.1 MiB (or 1 KiB).
+    assert!(
+        sum.abs_diff(total) <= PARTS.len() as u64 * MIB / 10,
+        "{sum} vs {total}"
+    );
+}
+
+#[test]
+fn a_budget_too_small_is_refused_before_anything_runs_with_each_part() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shm = shm_name("refused");
+    let cfg = write_config(dir.path(), 16, &shm);
+    for args in [
+        vec![
+            "run",
+            "--config",
+            &cfg,
+            "--frames",
+            "5",
+            "--status-interval",
+            "0",
+        ],
+        vec!["check", "--config", &cfg],
+    ] {
+        let out = ocellus(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("budget exceeded:") && stderr.contains("16 MiB allowed"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("frame pools 2 x 4 x 600 KiB = 4.7 MiB"),
+            "{stderr}"
+        );
+        for part in [
+            "camera sources",
+            "prepared tensors",
+            "model weights",
+            "result buffers",
+            "code and libraries",
+            "thread stacks",
+            "start-up heap",
+        ] {
+            assert!(stderr.contains(part), "{part} missing: {stderr}");
+        }
+        assert!(
+            stderr.contains("raise budgets.memory-mib to at least"),
+            "{stderr}"
+        );
+        assert!(
+            !text(&out.stdout).contains("frames in"),
+            "nothing may run: {}",
+            text(&out.stdout)
+        );
+    }
+    assert!(
+        !Path::new("/dev/shm").join(&shm).exists(),
+        "a refused run created its shared-memory segment"
+    );
+}
+
+#[test]
+fn a_budget_that_only_the_planned_models_exceed_is_refused_after_planning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fits = ocellus(&["check", "--config", &write_config(dir.path(), 512, "x")]);
+    let stdout = text(&fits.stdout);
+    assert!(fits.status.success(), "{}", text(&fits.stderr));
+    let total = plan_line(&stdout, "total");
+    let tract = plan_line(&stdout, "tract working memory");
+    assert!(
+        tract >= 2 * MIB,
+        "the region is at least its slack: {tract}"
+    );
+    // Above what is known before the models are planned, below the planned total.
+    let mib = (total - tract / 2) / MIB;
+    let out = ocellus(&["check", "--config", &write_config(dir.path(), mib, "x")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tract working memory region for the per-run tensors"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("before the models are planned"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_estimate_counts_what_the_config_asks_for() {
+    let manifest =
+        Manifest::load(&root().join("models/demo/manifest.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let small = config(1, "yuyv", 640, 480, "");
+    let big = config(
+        3,
+        "rgb24",
+        1920,
+        1080,
+        "[budgets]\nmemory-mib = 64\n[prompts]\nmax = 1024\n",
+    );
+    let a = MemoryPlan::estimate(&small, &manifest, true);
+    let b = MemoryPlan::estimate(&big, &manifest, true);
+    let pools = |p: &MemoryPlan| p.part("frame pools").map(|p| p.bytes).unwrap_or(0);
+    assert_eq!(pools(&a), 4 * 640 * 480 * 2);
+    assert_eq!(pools(&b), 3 * 4 * 1920 * 1080 * 3);
+    assert!(!a.planned && a.arena_bytes == 0);
+    let shm = |p: &MemoryPlan| p.part("shared-memory segment").map(|p| p.bytes);
+    assert!(shm(&b) > shm(&a));
+    assert_eq!(
+        MemoryPlan::estimate(&small, &manifest, false)
+            .part("shared-memory segment")
+            .map(|p| p.bytes),
+        Some(0)
+    );
+    let e = b.check().expect_err("3 x 1080p RGB in 64 MiB");
+    assert_eq!(e.allowed, 64 * MIB);
+    assert_eq!(e.needed, b.total_bytes());
+    assert!(
+        e.to_string()
+            .contains("frame pools 3 x 4 x 5.9 MiB = 71.2 MiB"),
+        "{e}"
+    );
+}
+
+#[test]
+fn resident_memory_stays_within_the_plan_and_does_not_grow_over_10000_frames() {
+    const FRAMES: u64 = 10_000;
+    const WARM_UP: u64 = 200;
+    let config = config(1, "yuyv", 320, 240, "[memory]\nlock = true\n");
+    let (mut pipeline, plan) = build(&config, &shm_name("rss"));
+    let taken = budget::take(&plan, &config.memory).unwrap_or_else(|e| panic!("{e}"));
+    let started = alloc::stats();
+    pipeline.start().unwrap_or_else(|e| panic!("{e}"));
+    let t0 = std::time::Instant::now();
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    run_until(
+        &pipeline,
+        FRAMES,
+        Duration::from_secs(1800),
+        Duration::from_millis(200),
+        |frames| {
+            if frames >= WARM_UP {
+                if let Some(m) = alloc::process_memory() {
+                    samples.push((frames, m.rss));
+                }
+            }
+        },
+    );
+    let frames = processed(&pipeline);
+    pipeline.stop();
+    let end = alloc::process_memory().expect("/proc/self/status");
+    let a = alloc::stats().since(&started);
+
+    let third = samples.len() / 3;
+    assert!(third >= 3, "too few samples: {}", samples.len());
+    let max = |s: &[(u64, u64)]| s.iter().map(|&(_, r)| r).max().unwrap_or(0);
+    let (early, late) = (max(&samples[..third]), max(&samples[2 * third..]));
+    println!(
+        "{frames} frames in {:.0} s, memory {}locked: VmRSS after warm-up {:.1} MiB, last third max {:.1} MiB, \
+         VmHWM {:.1} MiB; plan {:.1} MiB (budget {} MiB); region {} KiB, high water {} KiB; frame-path \
+         allocations: {} region, {} system",
+        t0.elapsed().as_secs_f64(),
+        if taken.locked { "" } else { "not " },
+        early as f64 / MIB as f64,
+        late as f64 / MIB as f64,
+        end.high_water as f64 / MIB as f64,
+        plan.total_bytes() as f64 / MIB as f64,
+        config.budgets.memory_mib,
+        a.region_bytes / 1024,
+        a.region_high_water / 1024,
+        a.region_allocations(),
+        a.system_allocations(),
+    );
+    println!("{plan}");
+    assert!(frames >= FRAMES);
+    assert!(
+        end.high_water <= plan.total_bytes(),
+        "peak RSS {} exceeds the plan's {} bytes",
+        end.high_water,
+        plan.total_bytes()
+    );
+    assert!(
+        late <= early + MIB,
+        "RSS grew from {early} to {late} bytes over the run"
+    );
+    assert_eq!(a.system_allocations(), 0);
+    assert_eq!(a.fallbacks, 0);
+}
