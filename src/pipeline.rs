@@ -928,17 +928,18 @@ impl InferState {
         stage_ns[Stage::Publish.index()] = t_published - t_scored;
         stage_ns[Stage::EndToEnd.index()] = t_published.saturating_sub(meta.capture_ns);
 
-        let mut late_any = false;
+        let (mut late_stages, mut worst) = (0u32, 0u64);
         for stage in Stage::ALL {
             let ns = stage_ns[stage.index()];
             cam_stats.record(stage, ns);
             if let Some(over) = self.deadlines.overrun(stage, ns) {
                 cam_stats.count_late(stage, over);
-                late_any = true;
+                late_stages |= stage.late_bit();
+                worst = worst.max(over);
             }
         }
-        if late_any {
-            counters.late_frames.fetch_add(1, Relaxed);
+        if late_stages != 0 {
+            cam_stats.count_late_frame(late_stages, worst);
         }
         counters.last_sequence.store(meta.sequence, Relaxed);
         counters.processed.fetch_add(1, Relaxed);

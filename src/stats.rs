@@ -305,6 +305,10 @@ pub struct CameraCounters {
     pub late_frames: AtomicU64,
     /// By how much the last late frame overran each stage's deadline, in nanoseconds.
     pub last_overrun_ns: [AtomicU64; STAGE_COUNT],
+    /// The late bits ([`Stage::late_bit`]) of the camera's most recent late frame.
+    pub last_late_stages: AtomicU64,
+    /// The largest stage overrun of the camera's most recent late frame, in nanoseconds.
+    pub last_late_overrun_ns: AtomicU64,
     /// Processed frames carrying a ground-truth label (synthetic source).
     pub labelled: AtomicU64,
     /// Labelled frames whose top prompt equals the ground truth.
@@ -342,6 +346,17 @@ impl CameraStats {
     /// Records one stage's duration in nanoseconds.
     pub fn record(&self, stage: Stage, ns: u64) {
         self.stages[stage.index()].record(ns);
+    }
+
+    /// Counts a frame that missed the deadlines of `late_stages` (late bits), the worst by `overrun_ns`.
+    pub fn count_late_frame(&self, late_stages: u32, overrun_ns: u64) {
+        self.counters.late_frames.fetch_add(1, Relaxed);
+        self.counters
+            .last_late_stages
+            .store(u64::from(late_stages), Relaxed);
+        self.counters
+            .last_late_overrun_ns
+            .store(overrun_ns, Relaxed);
     }
 
     /// Counts a deadline miss of `stage`, overrunning it by `overrun_ns`.

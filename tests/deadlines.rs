@@ -19,6 +19,9 @@ use ocellus::pipeline::{
 };
 use ocellus::prompts::{PromptSet, TextEncoder};
 use ocellus::scene::PROMPTS;
+use ocellus::shm::{
+    CameraCounters, Dims, LatentsDtype, ShmReader, ShmSink, ShmSinkConfig, WriterConfig,
+};
 use ocellus::sink::{Sink, SinkError};
 use ocellus::stats::{Stage, Stats};
 
@@ -95,9 +98,20 @@ fn wait_for(what: &str, stats: &Stats, mut done: impl FnMut(&Stats) -> bool) {
     }
 }
 
-/// Runs the pipeline built from `cfg` (its budgets and test hooks) for `frames` published frames, and returns
-/// its statistics, what the sink saw, and the resident set after `frames / 4` and after `frames` frames.
-fn run(cfg: &Config, frames: u64) -> (Arc<Stats>, Vec<Seen>, u64, u64) {
+/// What one run left behind.
+struct Run {
+    stats: Arc<Stats>,
+    seen: Vec<Seen>,
+    /// Resident set after `frames / 4` and after `frames` frames.
+    rss_warm: u64,
+    rss_end: u64,
+    /// The shared-memory status block's counters of camera 0, read after the last frame.
+    shm: CameraCounters,
+}
+
+/// Runs the pipeline built from `cfg` (its budgets and test hooks) for `frames` published frames, publishing
+/// into a shared-memory segment of its own too.
+fn run(cfg: &Config, frames: u64, tag: &str) -> Run {
     let (manifest, engine, prompts) = demo();
     let cam = &cfg.cameras[0];
     let source = ocellus::source::open(0, cam).expect("synthetic source");
@@ -132,6 +146,21 @@ fn run(cfg: &Config, frames: u64) -> (Arc<Stats>, Vec<Seen>, u64, u64) {
         vec![Box::new(sink.clone())],
     )
     .expect("pipeline");
+    let name = format!("/ocellus-test-{}-deadlines-{tag}", std::process::id());
+    let dims = Dims {
+        cameras: 1,
+        embed_dim: manifest.embed_dim,
+        num_latents: manifest.resampler.num_latents,
+        latent_dim: manifest.resampler.latent_dim,
+        max_prompts: 64,
+        latents_dtype: LatentsDtype::F32,
+    };
+    let mut writer = WriterConfig::new(name.clone(), dims);
+    writer.heartbeat_period = Duration::from_millis(10);
+    let shm = ShmSink::create(&ShmSinkConfig::new(writer), Some(Arc::clone(p.stats())))
+        .expect("shared-memory segment");
+    p.add_sink(Box::new(shm)).expect("add the shm sink");
+    let reader = ShmReader::open(&name).expect("open the segment");
     p.start().expect("start");
     let stats = Arc::clone(p.stats());
     let processed = |s: &Stats| s.total(|c| &c.processed);
@@ -139,9 +168,22 @@ fn run(cfg: &Config, frames: u64) -> (Arc<Stats>, Vec<Seen>, u64, u64) {
     let rss_warm = rss_bytes();
     wait_for("the last frame", &stats, |_| !p.is_running());
     let rss_end = rss_bytes();
+    // The heartbeat copies the counters into the status block every 10 ms while the sink runs.
+    let mut shm = reader.counters(0).expect("status block");
+    let until = Instant::now() + LIMIT;
+    while shm.processed < processed(&stats) && Instant::now() < until && p.is_running() {
+        std::thread::sleep(Duration::from_millis(5));
+        shm = reader.counters(0).expect("status block");
+    }
     p.stop();
     let seen = sink.0.lock().expect("seen").clone();
-    (stats, seen, rss_warm, rss_end)
+    Run {
+        stats,
+        seen,
+        rss_warm,
+        rss_end,
+        shm,
+    }
 }
 
 const DELAY_MS: u64 = 40;
@@ -163,7 +205,13 @@ fn a_slow_encoder_is_flagged_counted_and_drops_frames_without_growing_anything()
         }
     );
     let frames = 120;
-    let (stats, seen, rss_warm, rss_end) = run(&cfg, frames);
+    let Run {
+        stats,
+        seen,
+        rss_warm,
+        rss_end,
+        shm,
+    } = run(&cfg, frames, "enc");
     let c = &stats.camera(0).counters;
     let processed = c.processed.load(Relaxed);
     let late_enc = c.late[Stage::Encoder.index()].load(Relaxed);
@@ -193,6 +241,27 @@ fn a_slow_encoder_is_flagged_counted_and_drops_frames_without_growing_anything()
     let overrun = c.last_overrun_ns[Stage::Encoder.index()].load(Relaxed);
     assert!(overrun >= (DELAY_MS - 20) * 1_000_000, "{overrun}");
     assert_eq!(stats.last_overrun_ns(Stage::Encoder), overrun);
+    assert_eq!(
+        c.last_late_stages.load(Relaxed),
+        u64::from(Stage::Encoder.late_bit())
+    );
+    assert!(c.last_late_overrun_ns.load(Relaxed) >= (DELAY_MS - 20) * 1_000_000);
+    // The shared-memory status block says the same to a control loop (copied by the heartbeat: the counts
+    // may trail the run by the frames of one heartbeat period).
+    assert!(
+        shm.late[Stage::Encoder.index()] >= 1 && shm.late[Stage::Encoder.index()] <= processed,
+        "{shm:?}"
+    );
+    assert_eq!(shm.late[Stage::Prepare.index()], 0, "{shm:?}");
+    assert_eq!(
+        shm.last_late_stages,
+        u64::from(Stage::Encoder.late_bit()),
+        "{shm:?}"
+    );
+    assert!(
+        shm.last_overrun_ns >= (DELAY_MS - 20) * 1_000_000,
+        "{shm:?}"
+    );
     let summary = stats.summary();
     let enc = &summary.stages[Stage::Encoder.index()];
     assert_eq!(enc.late, processed);
@@ -263,7 +332,7 @@ fn each_delayable_stage_is_charged_to_its_own_deadline() {
              publish-ms = 25\nend-to-end-ms = 60000\n\n[testing]\ndelay-stage = \"{name}\"\n\
              delay-ms = {DELAY_MS}\n"
         ));
-        let (stats, seen, _, _) = run(&cfg, 8);
+        let Run { stats, seen, .. } = run(&cfg, 8, name);
         let c = &stats.camera(0).counters;
         let processed = c.processed.load(Relaxed);
         assert_eq!(

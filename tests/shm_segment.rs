@@ -181,6 +181,8 @@ fn prompts_counters_and_mode() {
         corrupt: 1,
         errors: 4,
         flags: layout::FLAG_CAMERA_LOST,
+        last_overrun_ns: 12_500_000,
+        last_late_stages: 1 << layout::STAGE_ENCODER,
     };
     w.set_counters(1, &counters);
     w.set_memory_high_water(123 << 20);

@@ -77,6 +77,8 @@ pub const C_PROCESSED: u64 = 80;
 pub const C_CORRUPT: u64 = 88;
 pub const C_ERRORS: u64 = 96;
 pub const C_FLAGS: u64 = 104;
+pub const C_LAST_OVERRUN_NS: u64 = 112;
+pub const C_LAST_LATE_STAGES: u64 = 120;
 
 // Slot (at `slots_offset + camera * slot_stride`): the ring's `latest` word, then the buffers.
 pub const SLOT_LATEST: u64 = 0;

@@ -128,6 +128,10 @@ pub struct CameraCounters {
     pub errors: u64,
     /// Current state: `FLAG_CAMERA_LOST`, `FLAG_STALLED`.
     pub flags: u64,
+    /// By how much the camera's most recent late frame overran its worst stage's deadline, in ns (0: none yet).
+    pub last_overrun_ns: u64,
+    /// That frame's late bits (bit s = stage s, as in a sample's flags).
+    pub last_late_stages: u64,
 }
 
 /// The prompt table: version and labels.

@@ -479,6 +479,8 @@ impl ShmReader {
             corrupt: get(layout::C_CORRUPT),
             errors: get(layout::C_ERRORS),
             flags: get(layout::C_FLAGS),
+            last_overrun_ns: get(layout::C_LAST_OVERRUN_NS),
+            last_late_stages: get(layout::C_LAST_LATE_STAGES),
         })
     }
 

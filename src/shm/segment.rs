@@ -90,6 +90,8 @@ impl Segment {
         put(layout::C_CORRUPT, c.corrupt);
         put(layout::C_ERRORS, c.errors);
         put(layout::C_FLAGS, c.flags);
+        put(layout::C_LAST_OVERRUN_NS, c.last_overrun_ns);
+        put(layout::C_LAST_LATE_STAGES, c.last_late_stages);
     }
 }
 

@@ -76,6 +76,8 @@ fn counters_of(stats: &Stats, camera: usize) -> CameraCounters {
         } else {
             0
         },
+        last_overrun_ns: c.last_late_overrun_ns.load(Relaxed),
+        last_late_stages: c.last_late_stages.load(Relaxed),
     }
 }
 
