@@ -75,12 +75,14 @@ pub enum SourceError {
         path: PathBuf,
         reason: String,
     },
-    #[error("camera {camera}: {what} {}: {source}", path.display())]
+    #[error("camera {camera}: {what} {}: {source}{hint}", path.display())]
     Device {
         camera: String,
         path: PathBuf,
         what: &'static str,
         source: std::io::Error,
+        /// What to check, starting with a space, or empty.
+        hint: &'static str,
     },
     #[error("camera {camera}: source \"{kind}\" is not available in this build: {hint}")]
     NotAvailable {

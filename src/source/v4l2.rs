@@ -262,11 +262,21 @@ impl V4l2Source {
                 reason: format!("{what}: {source}"),
             };
         }
+        let hint = match source.raw_os_error() {
+            Some(libc::EBUSY) => {
+                " (another program is using the camera: `fuser -v` on the device shows which)"
+            }
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                " (add the user to the video group, or check the udev rules)"
+            }
+            _ => "",
+        };
         SourceError::Device {
             camera: self.name.clone(),
             path: self.path.clone(),
             what,
             source,
+            hint,
         }
     }
 

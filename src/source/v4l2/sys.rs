@@ -489,12 +489,15 @@ impl MmapRing {
                 "the driver returned a buffer index it never granted",
             ));
         }
+        // time_t and suseconds_t are 32 bits on some 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
+        let timestamp = (buf.timestamp.tv_sec as i64, buf.timestamp.tv_usec as i64);
         Ok(Dequeued {
             index,
             bytes_used: (buf.bytesused as usize).min(self.maps[index].len),
             flags: buf.flags,
             sequence: buf.sequence,
-            timestamp: (buf.timestamp.tv_sec as i64, buf.timestamp.tv_usec as i64),
+            timestamp,
         })
     }
 
