@@ -50,6 +50,11 @@ test-rust:
 
 test: lint test-python test-rust
 
+# The service behaviour alone (notify protocol, watchdog, SIGTERM, [realtime], deadlines); test-rust runs them too.
+.PHONY: test-service
+test-service:
+	cargo test --locked --test service --test notify --test deadlines
+
 run:
 	cargo run --locked --release -- run --frames 300
 

@@ -304,6 +304,9 @@ fn ready_status_and_watchdog_while_frames_flow_then_a_clean_sigterm() {
     );
 
     let status = socket.last_status().expect("a STATUS= line");
+    eprintln!(
+        "watchdog {watchdog:?}: {pings} pings in {periods} half intervals; last STATUS={status}"
+    );
     assert!(status.starts_with("fps "), "{status}");
     let frames = status_field(&status, "frames").expect("frames in STATUS");
     assert!(frames > 0.0, "{status}");
