@@ -96,18 +96,33 @@ impl Notifier {
 
 /// The watchdog interval systemd asks for: `WATCHDOG_USEC`, if `WATCHDOG_PID` is unset or this process.
 pub fn watchdog_from_env() -> Result<Option<Duration>, NotifyError> {
-    let Some(usec) = std::env::var_os("WATCHDOG_USEC") else {
+    let usec = std::env::var_os("WATCHDOG_USEC");
+    let pid = std::env::var_os("WATCHDOG_PID");
+    watchdog_from(
+        usec.as_ref().map(|v| v.to_string_lossy()).as_deref(),
+        pid.as_ref().map(|v| v.to_string_lossy()).as_deref(),
+        std::process::id(),
+    )
+}
+
+/// [`watchdog_from_env`] on given values: the interval of `WATCHDOG_USEC = usec`, unless `WATCHDOG_PID = pid`
+/// names a process other than `my_pid` (then the watchdog is someone else's and `None`).
+pub fn watchdog_from(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    my_pid: u32,
+) -> Result<Option<Duration>, NotifyError> {
+    let Some(usec) = usec else {
         return Ok(None);
     };
-    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
-        if pid.to_string_lossy().trim().parse::<u32>().ok() != Some(std::process::id()) {
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok() != Some(my_pid) {
             return Ok(None);
         }
     }
-    let text = usec.to_string_lossy();
-    match text.trim().parse::<u64>() {
+    match usec.trim().parse::<u64>() {
         Ok(us) if us > 0 => Ok(Some(Duration::from_micros(us))),
-        _ => Err(NotifyError::WatchdogUsec(text.into_owned())),
+        _ => Err(NotifyError::WatchdogUsec(usec.to_owned())),
     }
 }
 
@@ -319,6 +334,36 @@ mod tests {
         );
         assert!(!w.poll(ms(400), 9));
         assert!(w.poll(ms(500), 10), "frames again: pings again");
+    }
+
+    #[test]
+    fn watchdog_interval_comes_from_usec_for_this_pid_only() {
+        let ms = |n| Ok(Some(Duration::from_millis(n)));
+        assert_eq!(
+            watchdog_from(Some("5000000"), None, 7).map_err(|e| e.to_string()),
+            ms(5000)
+        );
+        assert_eq!(
+            watchdog_from(Some("250000"), Some("7"), 7).map_err(|e| e.to_string()),
+            ms(250)
+        );
+        assert_eq!(
+            watchdog_from(Some("250000"), Some("8"), 7).map_err(|e| e.to_string()),
+            Ok(None)
+        );
+        assert_eq!(
+            watchdog_from(None, Some("7"), 7).map_err(|e| e.to_string()),
+            Ok(None)
+        );
+        for bad in ["0", "-1", "5s", ""] {
+            let e = watchdog_from(Some(bad), None, 7)
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                e.contains("WATCHDOG_USEC") && e.contains("stays off"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
