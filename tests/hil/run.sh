@@ -15,7 +15,7 @@
 # Exit status: 0 when every test passed; non-zero on a failure, a crash or the watchdog (HIL_TIMEOUT seconds).
 #
 # Environment: CACHE (default ~/.cache/ocellus), HIL_KERNEL_ABI (default 6.1.0-56-amd64), HIL_TIMEOUT (600),
-# HIL_MEM (1G), HIL_QEMU_ARGS (extra qemu arguments), CARGO_TARGET_DIR (default $CACHE/target).
+# HIL_MEM (1G), HIL_CPU (qemu64), HIL_QEMU_ARGS (extra qemu arguments), CARGO_TARGET_DIR ($CACHE/target).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,6 +25,8 @@ HIL=$CACHE/hil
 ABI=${HIL_KERNEL_ABI:-6.1.0-56-amd64}
 TIMEOUT=${HIL_TIMEOUT:-600}
 MEM=${HIL_MEM:-1G}
+# qemu64 (SSE2): tract's AVX2/FMA kernels, chosen at run time on `-cpu max`, run 4x slower under TCG.
+CPU=${HIL_CPU:-qemu64}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 
 KDIR=$HIL/kernel-$ABI        # unpacked packages, vmlinux, v4l2loopback.ko
@@ -133,12 +135,12 @@ log "initramfs $(du -h "$WORK/initrd.gz" | cut -f1) ready after $(($(date +%s) -
 
 # 4. Boot. TCG runs vivid in real time; KVM only where the CPU offers it.
 accel="tcg,thread=multi"
-if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then accel=kvm; fi
-log "booting ($accel, $MEM, watchdog ${TIMEOUT} s)"
+if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then accel=kvm CPU=${HIL_CPU:-host}; fi
+log "booting ($accel, -cpu $CPU, $MEM, watchdog ${TIMEOUT} s)"
 t_boot=$(date +%s)
 set +e
 # shellcheck disable=SC2086
-timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 -accel "$accel" -cpu max -smp 2 -m "$MEM" \
+timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 -accel "$accel" -cpu "$CPU" -smp 2 -m "$MEM" \
     -nographic -no-reboot -nodefaults -serial stdio -display none \
     -kernel "$KDIR/vmlinux" -initrd "$WORK/initrd.gz" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 oops=panic" \
