@@ -169,6 +169,9 @@ fi
 # The unit, against the root's systemd (252) with the installed binary.
 check "systemd-analyze verify ocellus.service" systemd-analyze verify --root="$root" ocellus.service
 check "systemd-analyze verify (inside the root)" in_root systemd-analyze verify ocellus.service
+# Hardening: systemd's exposure score (0 = fully sandboxed, 10 = none) stays at "SAFE"/"OK" (<= 1.5).
+check "systemd-analyze security --offline: exposure <= 1.5" \
+    systemd-analyze security --offline=true --threshold=15 "$root/lib/systemd/system/ocellus.service"
 
 # Upgrade over itself keeps an edited conffile; purge removes config, state and files, keeps the user.
 echo "# edited by test-package.sh" >>"$root/etc/ocellus/ocellus.toml"
