@@ -14,8 +14,9 @@
 //!   class's list whichever thread frees it, anything else to the system allocator. So a tensor made on the
 //!   inference thread and dropped elsewhere is safe, and so is the reverse.
 //! * **Locking**: the region's lists are guarded by one spinlock, held for a handful of instructions. The
-//!   inference thread is the only steady user; other threads take it only to free a region block, which
-//!   the frame path never hands them.
+//!   inference thread is its steady user, tract's matrix-product workers an occasional one; other threads
+//!   take it only to free a region block, which the frame path does not hand them. A waiter spins briefly,
+//!   then sleeps 20 us at a time, so a real-time thread cannot starve a holder preempted on its CPU.
 //! * **Exhaustion** never fails an allocation: a request the region cannot serve (full, or too large) goes
 //!   to the system allocator, is counted in [`AllocStats::fallbacks`], and the first one prints a warning
 //!   to stderr (with one `write(2)`, no allocation).
@@ -39,7 +40,8 @@ mod os;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
 pub use os::{mapped_file_bytes, memlock_limit, page_size, process_memory, ProcessMemory};
 
@@ -337,20 +339,30 @@ struct SpinHeap {
 unsafe impl Sync for SpinHeap {}
 
 impl SpinHeap {
+    /// Spins this many times before sleeping: long enough for a holder on another CPU, short enough that a
+    /// real-time thread does not starve a lower-priority holder preempted on its own CPU.
+    const SPINS: u32 = 128;
+
     fn with<R>(&self, f: impl FnOnce(&mut Heap) -> R) -> R {
+        let mut spins = 0u32;
         while self
             .locked
-            .compare_exchange_weak(false, true, std::sync::atomic::Ordering::Acquire, Relaxed)
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
             .is_err()
         {
             while self.locked.load(Relaxed) {
-                std::hint::spin_loop();
+                if spins < Self::SPINS {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    // nanosleep: lets a preempted holder run, allocates nothing.
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
             }
         }
         // SAFETY: the lock is held, so this is the only reference to the heap until it is released.
         let r = f(unsafe { &mut *self.heap.get() });
-        self.locked
-            .store(false, std::sync::atomic::Ordering::Release);
+        self.locked.store(false, Release);
         r
     }
 }
@@ -426,7 +438,7 @@ pub fn reserve(bytes: u64) -> Result<u64, ReserveError> {
         return reserve(bytes);
     }
     REGION_END.store(base + len, Relaxed);
-    REGION_BASE.store(base, std::sync::atomic::Ordering::Release);
+    REGION_BASE.store(base, Release);
     Ok(len as u64)
 }
 

@@ -269,7 +269,7 @@ fn resident_memory_stays_within_the_plan_and_does_not_grow_over_10000_frames() {
     let max = |s: &[(u64, u64)]| s.iter().map(|&(_, r)| r).max().unwrap_or(0);
     let (early, late) = (max(&samples[..third]), max(&samples[2 * third..]));
     println!(
-        "{frames} frames in {:.0} s, memory {}locked: VmRSS after warm-up {:.1} MiB, last third max {:.1} MiB, \
+        "{frames} frames in {:.0} s, memory {}locked: VmRSS max in the first third {:.1} MiB, in the last third {:.1} MiB, \
          VmHWM {:.1} MiB; plan {:.1} MiB (budget {} MiB); region {} KiB, high water {} KiB; frame-path \
          allocations: {} region, {} system",
         t0.elapsed().as_secs_f64(),
@@ -298,4 +298,47 @@ fn resident_memory_stays_within_the_plan_and_does_not_grow_over_10000_frames() {
     );
     assert_eq!(a.system_allocations(), 0);
     assert_eq!(a.fallbacks, 0);
+}
+
+#[test]
+fn memory_keys_are_validated() {
+    let parse = |extra: &str| {
+        ocellus::config::Config::parse(
+            &format!("[[camera]]\nname = \"c\"\n{extra}"),
+            ocellus::config::Origin::Embedded,
+        )
+    };
+    let d = parse("").unwrap_or_else(|e| panic!("{e}")).memory;
+    assert_eq!(d, budget::MemoryConfig::default());
+    assert!(d.lock && !d.lock_required && d.arena_mib.is_none());
+    let m = parse("[memory]\nlock = true\nlock-required = true\narena-mib = 24\n")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .memory;
+    assert_eq!(
+        (m.lock, m.lock_required, m.arena_mib),
+        (true, true, Some(24))
+    );
+    assert_eq!(
+        parse("[memory]\narena-mib = 0\n")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .memory
+            .arena_mib,
+        None
+    );
+    for (bad, key) in [
+        (
+            "[memory]\nlock = false\nlock-required = true\n",
+            "memory.lock-required",
+        ),
+        ("[memory]\narena-mib = 9999999999\n", "memory.arena-mib"),
+        ("[memory]\nlock = \"yes\"\n", "memory.lock"),
+        ("[memory]\nmlock = true\n", "memory"),
+    ] {
+        let e = parse(bad).expect_err(bad);
+        assert!(
+            e.key().is_some_and(|k| k.starts_with(key)),
+            "{bad}: {e} (key {:?})",
+            e.key()
+        );
+    }
 }

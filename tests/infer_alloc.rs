@@ -1,8 +1,9 @@
 //! Allocations on the frame path, counted with a counting global allocator (only on this test's thread).
 //!
 //! ocellus's own buffers (input tensor, VisionOutput, scores) are reused; tract allocates its intermediate
-//! tensors on every run, the same number each time (issue 6 puts an arena in front of them). This test pins
-//! the steady state: a constant count per frame, no reallocation of the output, zero for scoring.
+//! tensors on every run, the same number each time (the binary serves them from its frame-path region:
+//! tests/alloc_zero.rs). This test pins the steady state: a constant count per frame, no reallocation of
+//! the output, zero for scoring.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
