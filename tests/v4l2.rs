@@ -21,9 +21,9 @@ use ocellus::pipeline::{CameraSpec, Pipeline, PipelineSettings};
 use ocellus::prompts::{PromptSet, TextEncoder};
 use ocellus::scene::{render_into, Rng, SceneParams, PROMPTS};
 use ocellus::source::v4l2::{
-    fourcc_name, fourccs_of, interval_fps, list_devices, list_rates, list_sizes, stall_timeout,
-    timeval_ns, FrameIntervals, FrameSizes, FIRST_FRAME_TIMEOUT, MIN_STALL_TIMEOUT,
-    UNKNOWN_FRAME_PERIOD,
+    driver_timestamp, fourcc_name, fourccs_of, interval_fps, list_devices, list_rates, list_sizes,
+    stall_timeout, timeval_ns, FrameIntervals, FrameSizes, FIRST_FRAME_TIMEOUT, MIN_STALL_TIMEOUT,
+    TIMESTAMP_MAX_AHEAD, UNKNOWN_FRAME_PERIOD,
 };
 use ocellus::source::{self, FrameSource, SequenceGaps, SourceError, V4l2Source};
 use ocellus::stats::{Stats, StatusLine};
@@ -164,6 +164,26 @@ fn driver_timevals_become_monotonic_nanoseconds() {
     assert_eq!(timeval_ns(1, 1_000_000), None);
     assert_eq!(timeval_ns(1, -1), None);
     assert_eq!(timeval_ns(i64::MAX, 0), None);
+}
+
+#[test]
+fn driver_timestamps_are_used_when_monotonic_and_plausible() {
+    let now = 50_000_000_000u64;
+    assert_eq!(
+        driver_timestamp(true, (49, 990_000), now),
+        Ok(49_990_000_000)
+    );
+    // A driver stamping the end of exposure from its schedule can be a frame period ahead.
+    assert_eq!(
+        driver_timestamp(true, (50, 40_000), now),
+        Ok(50_040_000_000)
+    );
+    let ahead = TIMESTAMP_MAX_AHEAD.as_secs() as i64 + 1;
+    assert!(driver_timestamp(true, (50 + ahead, 0), now).is_err());
+    assert!(driver_timestamp(true, (0, 0), now).is_err(), "unset");
+    assert!(driver_timestamp(true, (-1, 0), now).is_err());
+    let why = driver_timestamp(false, (49, 0), now).unwrap_err();
+    assert!(why.contains("CLOCK_MONOTONIC"), "{why}");
 }
 
 #[test]

@@ -105,6 +105,30 @@ pub fn fourccs_of(format: PixelFormat) -> &'static [[u8; 4]] {
     }
 }
 
+/// How far ahead of the dequeue time a driver's timestamp may be: drivers that stamp the end of the frame's
+/// exposure from their own schedule (vivid) can be up to a frame period ahead.
+pub const TIMESTAMP_MAX_AHEAD: Duration = Duration::from_secs(1);
+
+/// The capture time of a dequeued buffer on CLOCK_MONOTONIC: the driver's timestamp when its flags say it is
+/// on that clock (`monotonic`) and the value is plausible (set, not more than [`TIMESTAMP_MAX_AHEAD`] after
+/// `now_ns`); otherwise why not, for the one log line.
+pub fn driver_timestamp(
+    monotonic: bool,
+    (sec, usec): (i64, i64),
+    now_ns: u64,
+) -> Result<u64, &'static str> {
+    if !monotonic {
+        return Err("the driver's buffer timestamps are not on CLOCK_MONOTONIC");
+    }
+    match timeval_ns(sec, usec) {
+        None | Some(0) => Err("the driver leaves buffer timestamps unset"),
+        Some(t) if t > now_ns.saturating_add(TIMESTAMP_MAX_AHEAD.as_nanos() as u64) => {
+            Err("the driver's buffer timestamps are ahead of CLOCK_MONOTONIC")
+        }
+        Some(t) => Ok(t),
+    }
+}
+
 /// Frames per second of a frame interval `numerator / denominator` seconds, if it is one.
 pub fn interval_fps((num, den): (u32, u32)) -> Option<f64> {
     (num > 0 && den > 0).then(|| den as f64 / num as f64)
@@ -477,18 +501,14 @@ impl V4l2Source {
         };
         let seq = stream.base + stream.extender.next(d.sequence);
         stream.first = false;
-        let driver_ns = if d.is_monotonic() {
-            timeval_ns(d.timestamp.0, d.timestamp.1).filter(|&t| t > 0 && t <= now_ns)
-        } else {
-            None
-        };
-        let capture_ns = match driver_ns {
-            Some(t) => t,
-            None => {
+        let capture_ns = match driver_timestamp(d.is_monotonic(), d.timestamp, now_ns) {
+            Ok(t) => t,
+            Err(why) => {
                 if !self.clock_warned {
                     self.clock_warned = true;
                     tracing::warn!(camera = self.camera, name = %self.name, flags = d.flags,
-                        "the driver's buffer timestamps are not on CLOCK_MONOTONIC; stamping frames at dequeue instead");
+                        timestamp_s = d.timestamp.0, timestamp_us = d.timestamp.1, now_ns,
+                        "{why}; stamping frames at dequeue instead (said once)");
                 }
                 now_ns
             }
