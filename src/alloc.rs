@@ -504,11 +504,11 @@ fn warn_exhausted(size: usize) {
     }
     let mut msg = StackText::<320>::new();
     let region = REGION_END.load(Relaxed) - REGION_BASE.load(Relaxed);
-    let _ = write!(
+    let _ = writeln!(
         msg,
         "ocellus: warning: the frame-path memory region ({} KiB) cannot serve a {size}-byte allocation; \
          it and any later ones come from the system allocator (counted as fallbacks): raise \
-         memory.arena-mib\n",
+         memory.arena-mib",
         region / 1024
     );
     os::write_stderr(msg.as_bytes());

@@ -486,7 +486,7 @@ impl MemoryPlan {
             .collect::<Vec<_>>()
             .join(", ");
         let mut largest: Vec<&Part> = self.parts.iter().filter(|p| !p.shrink.is_empty()).collect();
-        largest.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        largest.sort_by_key(|p| std::cmp::Reverse(p.bytes));
         let shrink = largest
             .iter()
             .take(2)
