@@ -55,6 +55,12 @@ test: lint test-python test-rust
 test-service:
 	cargo test --locked --test service --test notify --test deadlines
 
+# Memory alone (docs/memory.md): zero system allocations over 1,000 frames, the budget check, the 10,000-frame
+# RSS run (2-4 min); test-rust runs them too.
+.PHONY: test-memory
+test-memory:
+	cargo test --locked --test alloc_zero --test budget --test infer_alloc -- --nocapture
+
 run:
 	cargo run --locked --release -- run --frames 300
 
