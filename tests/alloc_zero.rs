@@ -6,16 +6,19 @@
 //! region or by the system allocator: the system count must stay 0, the capture thread must not allocate
 //! at all, tract's per-frame tensors must come from the region, and the region must not grow.
 //!
+//! The same with `model.threads = 2`: tract's matrix-product workers allocate from the region too.
+//!
 //! One test per binary: the region and the counters belong to the process.
 
 mod memory_support;
 
 use std::time::Duration;
 
-use ocellus::alloc::{self, Role};
+use ocellus::alloc::{self, AllocStats, Role};
 use ocellus::budget;
+use ocellus::config::Config;
 
-use memory_support::{build, config, processed, run_until, shm_name};
+use memory_support::{build, config, config_with_threads, processed, run_until, shm_name};
 
 #[global_allocator]
 static ALLOC: alloc::Allocator = alloc::Allocator;
@@ -24,80 +27,93 @@ const WARM_UP: u64 = 50;
 const FRAMES: u64 = 1_000;
 const WATCHDOG: Duration = Duration::from_secs(600);
 
-#[test]
-fn frame_path_makes_no_system_allocation_after_warm_up() {
-    let config = config(1, "yuyv", 640, 480, "[memory]\nlock = false\n");
-    let (mut pipeline, plan) = build(&config, &shm_name("alloc-zero"));
+/// Runs `config`'s pipeline for `WARM_UP` frames, then `FRAMES` more; returns the allocator's snapshots at
+/// both ends of that window and the frames in it.
+fn measure(config: &Config, what: &str) -> (AllocStats, AllocStats, u64, u64) {
+    let (mut pipeline, plan) = build(config, &shm_name(what));
     let taken = budget::take(&plan, &config.memory).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         alloc::stats().installed,
         "the test's global allocator is ocellus::alloc::Allocator"
     );
-    assert_eq!(alloc::stats().region_bytes, taken.arena_bytes);
+    assert!(
+        alloc::stats().region_bytes == taken.arena_bytes && taken.arena_bytes >= plan.arena_bytes
+    );
 
     pipeline.start().unwrap_or_else(|e| panic!("{e}"));
-    run_until(
-        &pipeline,
-        WARM_UP,
-        WATCHDOG,
-        Duration::from_millis(5),
-        |_| {},
-    );
+    let tick = Duration::from_millis(5);
+    run_until(&pipeline, WARM_UP, WATCHDOG, tick, |_| {});
     let before = alloc::stats();
     let first = processed(&pipeline);
-    run_until(
-        &pipeline,
-        first + FRAMES,
-        WATCHDOG,
-        Duration::from_millis(5),
-        |_| {},
-    );
+    run_until(&pipeline, first + FRAMES, WATCHDOG, tick, |_| {});
     let after = alloc::stats();
     let last = processed(&pipeline);
     pipeline.stop();
+    (before, after, first, last - first)
+}
 
-    let d = after.since(&before);
-    let frames = last - first;
+fn assert_no_system_allocation(d: &AllocStats, frames: u64, what: &str) {
+    assert!(frames >= FRAMES);
+    for role in Role::ALL {
+        assert_eq!(
+            d.role(role).system,
+            0,
+            "{what}: {} threads made {} system allocations in {frames} frames",
+            role.name(),
+            d.role(role).system
+        );
+    }
+    assert_eq!(d.fallbacks, 0, "{what}: the region ran out");
+    assert_eq!(
+        d.capture.region, 0,
+        "{what}: a YUYV capture thread allocates nothing at all"
+    );
+    assert!(
+        d.inference.region >= 500 * frames,
+        "{what}: tract's per-frame tensors ({} allocations in {frames} frames) are served by the region",
+        d.inference.region
+    );
+}
+
+fn report(d: &AllocStats, after: &AllocStats, first: u64, frames: u64, what: &str) {
     println!(
-        "{frames} frames after {first} warm-up frames: system allocations capture {}, inference {}, workers {}; \
-         region allocations capture {}, inference {} ({:.0} per frame); region {} KiB of {} KiB carved \
-         (plan: {} KiB), fallbacks {}",
+        "{what}: {frames} frames after {first} warm-up frames: system allocations capture {}, inference {}, \
+         workers {}; region allocations capture {}, inference {} ({:.0} per frame), workers {}; region \
+         {} KiB of {} KiB carved, fallbacks {}",
         d.capture.system,
         d.inference.system,
         d.worker.system,
         d.capture.region,
         d.inference.region,
         d.inference.region as f64 / frames as f64,
+        d.worker.region,
         after.region_high_water / 1024,
         after.region_bytes / 1024,
-        plan.arena_bytes / 1024,
         d.fallbacks,
     );
-    assert!(frames >= FRAMES);
-    for role in Role::ALL {
-        assert_eq!(
-            d.role(role).system,
-            0,
-            "{} threads made {} system allocations in {frames} frames",
-            role.name(),
-            d.role(role).system
-        );
-    }
-    assert_eq!(d.fallbacks, 0, "the region ran out");
-    assert_eq!(
-        d.capture.region, 0,
-        "a YUYV capture thread allocates nothing at all"
-    );
-    assert!(
-        d.inference.region >= 500 * frames,
-        "tract's per-frame tensors ({} allocations in {frames} frames) are served by the region",
-        d.inference.region
-    );
+}
+
+#[test]
+fn frame_path_makes_no_system_allocation_after_warm_up() {
+    let one = config(1, "yuyv", 640, 480, "[memory]\nlock = false\n");
+    let (before, after, first, frames) = measure(&one, "alloc-zero");
+    let d = after.since(&before);
+    report(&d, &after, first, frames, "model.threads = 1");
+    assert_no_system_allocation(&d, frames, "model.threads = 1");
+    assert_eq!(d.worker, Default::default(), "no workers with one thread");
     assert_eq!(
         after.region_high_water, before.region_high_water,
         "the region's footprint grew after warm-up"
     );
     assert!(after.region_high_water <= after.region_bytes);
+
+    // tract's matrix-product workers (model.threads = 2) allocate from the region too. The process keeps
+    // the region reserved above (same model, same size).
+    let two = config_with_threads(1, "yuyv", 640, 480, 2, "[memory]\nlock = false\n");
+    let (before, after, first, frames) = measure(&two, "alloc-zero-2");
+    let d = after.since(&before);
+    report(&d, &after, first, frames, "model.threads = 2");
+    assert_no_system_allocation(&d, frames, "model.threads = 2");
 
     // A request the region cannot hold is served by the system allocator and counted, never a crash.
     let stats = alloc::stats();

@@ -22,8 +22,20 @@ pub fn root() -> PathBuf {
 }
 
 /// A configuration: `cameras` synthetic cameras of `format` at `width` x `height`, unpaced (fps = 0), the
-/// demo model, and `extra` TOML appended (e.g. a `[budgets]` table).
+/// demo model (fp32, one thread), and `extra` TOML appended (e.g. a `[budgets]` table).
 pub fn config(cameras: usize, format: &str, width: u32, height: u32, extra: &str) -> Config {
+    config_with_threads(cameras, format, width, height, 1, extra)
+}
+
+/// [`config`] with `model.threads = threads`.
+pub fn config_with_threads(
+    cameras: usize,
+    format: &str,
+    width: u32,
+    height: u32,
+    threads: usize,
+    extra: &str,
+) -> Config {
     let mut text = String::new();
     for i in 0..cameras {
         text += &format!(
@@ -32,7 +44,7 @@ pub fn config(cameras: usize, format: &str, width: u32, height: u32, extra: &str
         );
     }
     text += &format!(
-        "[model]\nmanifest = \"{}\"\nvariant = \"fp32\"\nthreads = 1\n\n{extra}\n",
+        "[model]\nmanifest = \"{}\"\nvariant = \"fp32\"\nthreads = {threads}\n\n{extra}\n",
         root().join("models/demo/manifest.toml").display()
     );
     Config::parse(&text, Origin::File(root().join("test.toml")))
