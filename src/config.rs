@@ -688,7 +688,11 @@ impl Validator<'_> {
         only("loop", rc.looping.is_some(), SourceKind::Replay)?;
         only("device", rc.device.is_some(), SourceKind::V4l2)?;
         only("buffers", rc.buffers.is_some(), SourceKind::V4l2)?;
-        only("stall-periods", rc.stall_periods.is_some(), SourceKind::V4l2)?;
+        only(
+            "stall-periods",
+            rc.stall_periods.is_some(),
+            SourceKind::V4l2,
+        )?;
         only(
             "stall-timeout-ms",
             rc.stall_timeout_ms.is_some(),
