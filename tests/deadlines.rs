@@ -20,7 +20,8 @@ use ocellus::pipeline::{
 use ocellus::prompts::{PromptSet, TextEncoder};
 use ocellus::scene::PROMPTS;
 use ocellus::shm::{
-    CameraCounters, Dims, LatentsDtype, ShmReader, ShmSink, ShmSinkConfig, WriterConfig,
+    format_top, CameraCounters, Dims, LatentsDtype, ShmReader, ShmSink, ShmSinkConfig, TopSnapshot,
+    WriterConfig,
 };
 use ocellus::sink::{Sink, SinkError};
 use ocellus::stats::{Stage, Stats};
@@ -107,6 +108,8 @@ struct Run {
     rss_end: u64,
     /// The shared-memory status block's counters of camera 0, read after the last frame.
     shm: CameraCounters,
+    /// What `ocellus top` showed then.
+    top: String,
 }
 
 /// Runs the pipeline built from `cfg` (its budgets and test hooks) for `frames` published frames, publishing
@@ -160,12 +163,24 @@ fn run(cfg: &Config, frames: u64, tag: &str) -> Run {
     let shm = ShmSink::create(&ShmSinkConfig::new(writer), Some(Arc::clone(p.stats())))
         .expect("shared-memory segment");
     p.add_sink(Box::new(shm)).expect("add the shm sink");
-    let reader = ShmReader::open(&name).expect("open the segment");
+    let mut reader = ShmReader::open(&name).expect("open the segment");
     p.start().expect("start");
     let stats = Arc::clone(p.stats());
     let processed = |s: &Stats| s.total(|c| &c.processed);
     wait_for("warm-up frames", &stats, |s| processed(s) >= frames / 4);
     let rss_warm = rss_bytes();
+    // What `ocellus top` shows while it runs, once the heartbeat has copied a late frame's overrun.
+    let until = Instant::now() + LIMIT;
+    while reader.counters(0).map_or(0, |c| c.last_overrun_ns) == 0
+        && p.is_running()
+        && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut sample = reader.new_sample();
+    let top = TopSnapshot::take(&mut reader, &mut sample)
+        .map(|snapshot| format_top(None, &snapshot))
+        .unwrap_or_else(|e| format!("(no top: {e})"));
     wait_for("the last frame", &stats, |_| !p.is_running());
     let rss_end = rss_bytes();
     // The heartbeat copies the counters into the status block every 10 ms while the sink runs.
@@ -183,6 +198,7 @@ fn run(cfg: &Config, frames: u64, tag: &str) -> Run {
         rss_warm,
         rss_end,
         shm,
+        top,
     }
 }
 
@@ -211,6 +227,7 @@ fn a_slow_encoder_is_flagged_counted_and_drops_frames_without_growing_anything()
         rss_warm,
         rss_end,
         shm,
+        top,
     } = run(&cfg, frames, "enc");
     let c = &stats.camera(0).counters;
     let processed = c.processed.load(Relaxed);
@@ -261,6 +278,10 @@ fn a_slow_encoder_is_flagged_counted_and_drops_frames_without_growing_anything()
     assert!(
         shm.last_overrun_ns >= (DELAY_MS - 20) * 1_000_000,
         "{shm:?}"
+    );
+    assert!(
+        top.contains("last late +") && top.contains(" late(encoder)\n"),
+        "{top}"
     );
     let summary = stats.summary();
     let enc = &summary.stages[Stage::Encoder.index()];

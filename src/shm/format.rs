@@ -148,8 +148,17 @@ pub fn format_top(prev: Option<&TopSnapshot>, cur: &TopSnapshot) -> String {
             let _ = write!(s, " {cell:>10}");
         }
         let flags = cam.counters.flags | cam.last.map_or(0, |m| m.flags);
-        let _ = writeln!(s, "  {}", describe_flags(flags));
+        let _ = write!(s, "  {}", describe_flags(flags));
+        if cam.counters.last_overrun_ns > 0 {
+            let _ = write!(
+                s,
+                "  last late +{:.1} ms {}",
+                ms(cam.counters.last_overrun_ns),
+                describe_flags(cam.counters.last_late_stages)
+            );
+        }
+        s.push('\n');
     }
-    s.push_str("(stage cells: latest ms / deadline misses)\n");
+    s.push_str("(stage cells: latest ms / deadline misses; last late: the worst overrun of the last late frame)\n");
     s
 }
