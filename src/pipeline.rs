@@ -607,13 +607,16 @@ fn capture_loop(
     let mut backoff = backoff_min;
     let mut started = false;
     let mut gaps = SequenceGaps::new();
-    // Set from a stall or a disconnect until the source is open again.
+    // Set from a stall or a disconnect until the source is open again (the reopening counts as a reconnect).
     let mut reconnecting = false;
+    // The device is gone: `start` is retried every RECONNECT_POLL, logged once.
+    let mut waiting = false;
     while running.load(Relaxed) {
         if !started {
             match cap.source.start() {
                 Ok(()) => {
                     started = true;
+                    waiting = false;
                     gaps.reset();
                     if std::mem::take(&mut reconnecting) {
                         counters.reconnects.fetch_add(1, Relaxed);
@@ -622,9 +625,15 @@ fn capture_loop(
                         tracing::info!(camera = cap.index, name = %cap.name, source = %cap.source.describe(), "camera started");
                     }
                 }
-                Err(e @ SourceError::Disconnected { .. }) if reconnecting => {
-                    // Waiting for the device to come back: poll its path quietly at a short, fixed interval.
-                    tracing::debug!(camera = cap.index, name = %cap.name, error = %e, "camera still gone");
+                Err(e @ SourceError::Disconnected { .. }) => {
+                    // Waiting for the device to (re)appear: poll its path at a short, fixed interval.
+                    if std::mem::replace(&mut waiting, true) {
+                        tracing::debug!(camera = cap.index, name = %cap.name, error = %e, "camera still gone");
+                    } else {
+                        counters.source_errors.fetch_add(1, Relaxed);
+                        counters.lost.store(true, Relaxed);
+                        tracing::error!(camera = cap.index, name = %cap.name, error = %e, retry_ms = RECONNECT_POLL.as_millis() as u64, "camera is not there; waiting for its device");
+                    }
                     if !sleep_while_running(running, RECONNECT_POLL) {
                         break;
                     }
@@ -708,6 +717,7 @@ fn capture_loop(
                         cap.source.stop();
                         started = false;
                         reconnecting = true;
+                        waiting = true;
                         counters.restarts.fetch_add(1, Relaxed);
                         cap.restarted.store(true, Relaxed);
                         continue;

@@ -620,3 +620,50 @@ fn stalls_and_disconnects_are_flagged_counted_and_reopened_while_the_other_camer
         "{text}"
     );
 }
+
+#[test]
+fn a_camera_absent_at_start_is_waited_for_and_picked_up_without_counting_a_reconnect() {
+    use Event::*;
+    let (manifest, engine, prompts) = demo();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let faulty = Faulty {
+        script: [Frame(0), Frame(1), Frame(2)].into_iter().collect(),
+        absent_for: 2,
+        starts: starts.clone(),
+        stats: Arc::new(OnceLock::new()),
+        observed: Arc::new(Mutex::new(None)),
+        rgb: vec![0; (SIZE * SIZE * 3) as usize],
+    };
+    let mut p = Pipeline::new(
+        PipelineSettings::default(),
+        vec![CameraSpec {
+            name: "faulty".into(),
+            source: Box::new(faulty),
+            format: PixelFormat::Rgb24,
+            width: SIZE,
+            height: SIZE,
+            pool_size: 4,
+        }],
+        engine,
+        &manifest.preprocess,
+        prompts,
+        Vec::new(),
+    )
+    .expect("pipeline");
+    let stats = p.stats().clone();
+    p.start().expect("start");
+    let c = &stats.camera(0).counters;
+    wait_for("the camera to appear and deliver", || {
+        c.captured.load(Relaxed) == 3
+    });
+    p.stop();
+    assert_eq!(*starts.lock().unwrap(), [false, false, true]);
+    assert_eq!(c.source_errors.load(Relaxed), 1, "the absence, once");
+    assert_eq!(
+        c.reconnects.load(Relaxed),
+        0,
+        "a first open is no reconnect"
+    );
+    assert_eq!(c.restarts.load(Relaxed), 0);
+    assert!(!c.lost.load(Relaxed), "cleared by the first frame");
+}
