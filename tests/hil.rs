@@ -652,7 +652,7 @@ fn golden(key: &str) -> String {
 
 #[test]
 #[ignore = "needs vivid: run by tests/hil/run.sh in a VM"]
-fn vivid_colour_bars_match_the_golden_checksums_at_25_fps() {
+fn vivid_colour_bars_match_the_golden_checksums_at_the_set_frame_rate() {
     require_vivid();
     vivid_colour_bars();
     let mut mismatches = Vec::new();
@@ -660,8 +660,10 @@ fn vivid_colour_bars_match_the_golden_checksums_at_25_fps() {
         (PixelFormat::Yuyv, "yuyv-640x480"),
         (PixelFormat::Nv12, "nv12-640x480"),
     ] {
-        let cam = v4l2_camera(&camera_path(), format, 640, 480, 25);
-        let cap = capture(&cam, 25);
+        // 10 fps, one of vivid's rates at 640x480 (it offers up to 25): vivid's own thread skips frames
+        // when TCG on a loaded host wakes it late, and a lower rate leaves it more slack.
+        let cam = v4l2_camera(&camera_path(), format, 640, 480, 10);
+        let cap = capture(&cam, 20);
         let sums: Vec<String> = cap.frames.iter().map(|f| sha256_hex(f.bytes())).collect();
         eprintln!("  {key}: sha256 {}", sums[0]);
         assert!(
@@ -680,14 +682,14 @@ fn vivid_colour_bars_match_the_golden_checksums_at_25_fps() {
             bars.windows(2).all(|w| w[0] > w[1]),
             "{key}: the 8 bars' luma should fall from white to black: {bars:?}"
         );
-        // vivid paces 640x480 at 25 fps; TCG keeps real time. A wide band: a broken rate is off by 2x.
+        // TCG keeps real time. A wide band: a broken rate is off by 2x.
         assert!(
-            (12.5..=37.5).contains(&cap.fps),
-            "{key}: {:.2} fps, expected about 25",
+            (5.0..=15.0).contains(&cap.fps),
+            "{key}: {:.2} fps, expected about 10",
             cap.fps
         );
         // A starved VM (TCG on a loaded host) may miss a frame now and then; vivid itself drops none.
-        assert!(cap.gaps <= 2, "{key}: {} frames missing in 25", cap.gaps);
+        assert!(cap.gaps <= 2, "{key}: {} frames missing in 20", cap.gaps);
         let want = golden(key);
         if sums[0] != want {
             mismatches.push(format!(
@@ -710,9 +712,9 @@ fn vivid_dropped_buffers_are_counted_as_the_sequence_gaps_seen() {
     let _restore = NoDrops;
     vivid_colour_bars();
     Controls::open(&camera_path()).set_int("Percentage of Dropped Buffers", 30);
-    let cam = v4l2_camera(&camera_path(), PixelFormat::Yuyv, 640, 480, 25);
+    let cam = v4l2_camera(&camera_path(), PixelFormat::Yuyv, 640, 480, 10);
     let run = Run::start(&cam);
-    run.wait_for("60 captured frames", |r| r.counter(|c| &c.captured) >= 60);
+    run.wait_for("40 captured frames", |r| r.counter(|c| &c.captured) >= 40);
     let (tapped, seen, stats) = run.stop();
     let c = &stats.camera(0).counters;
     let gaps = sequence_gaps(&tapped);
@@ -728,7 +730,7 @@ fn vivid_dropped_buffers_are_counted_as_the_sequence_gaps_seen() {
     );
     assert_eq!(c.captured.load(Relaxed), frames);
     assert_eq!(c.driver_dropped.load(Relaxed), gaps);
-    // 30% of ~85 frame periods: zero drops would mean the injection did not reach the stream.
+    // 30% of ~57 frame periods: so few drops would mean the injection did not reach the stream.
     assert!(gaps >= 5, "only {gaps} frames missing with 30% dropped");
     assert_eq!(c.disconnects.load(Relaxed), 0);
     assert_eq!(c.reconnects.load(Relaxed), 0);
@@ -740,7 +742,7 @@ fn vivid_dropped_buffers_are_counted_as_the_sequence_gaps_seen() {
 fn vivid_disconnect_is_reported_counted_and_recovered_from() {
     require_vivid();
     vivid_colour_bars();
-    let cam = v4l2_camera(&camera_path(), PixelFormat::Yuyv, 640, 480, 25);
+    let cam = v4l2_camera(&camera_path(), PixelFormat::Yuyv, 640, 480, 10);
     let run = Run::start(&cam);
     run.wait_for("5 processed frames", |r| r.counter(|c| &c.processed) >= 5);
     // vivid's Disconnect unregisters its nodes: open handles get ENODEV and POLLERR/POLLHUP, open() fails,
