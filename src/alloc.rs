@@ -481,7 +481,9 @@ impl Allocator {
             return std::ptr::null_mut();
         }
         let slot = role as usize & (ROLE_SLOTS - 1);
-        if REGION_BASE.load(Relaxed) != 0 {
+        // Acquire pairs with `reserve`'s release: whoever later frees a block handed out here, having
+        // received it through any synchronisation, sees the region's bounds in `in_region`.
+        if REGION_BASE.load(Acquire) != 0 {
             // SAFETY: the heap owns its region exclusively (`reserve`) and its lists hold only blocks it
             // handed out and got back through `dealloc`.
             let p = HEAP.with(|h| unsafe { h.alloc(layout) });
@@ -494,6 +496,13 @@ impl Allocator {
         }
         COUNTERS.system[slot].fetch_add(1, Relaxed);
         std::ptr::null_mut()
+    }
+}
+
+#[inline]
+fn mark_installed() {
+    if !INSTALLED.load(Relaxed) {
+        INSTALLED.store(true, Relaxed);
     }
 }
 
@@ -550,9 +559,7 @@ impl<const N: usize> std::fmt::Write for StackText<N> {
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !INSTALLED.load(Relaxed) {
-            INSTALLED.store(true, Relaxed);
-        }
+        mark_installed();
         let p = Self::frame_path_alloc(layout);
         if !p.is_null() {
             return p;
@@ -563,6 +570,7 @@ unsafe impl GlobalAlloc for Allocator {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        mark_installed();
         let p = Self::frame_path_alloc(layout);
         if !p.is_null() {
             // SAFETY: `p` is a fresh region block of at least `layout.size()` writable bytes; region blocks

@@ -115,6 +115,30 @@ fn frame_path_makes_no_system_allocation_after_warm_up() {
     report(&d, &after, first, frames, "model.threads = 2");
     assert_no_system_allocation(&d, frames, "model.threads = 2");
 
+    // A region block freed by another thread goes back to the region; growing one keeps its bytes.
+    // (Other threads may still free region blocks meanwhile: the engines' workers exit on their own.)
+    let block = std::thread::spawn(|| {
+        alloc::register_thread(Role::Worker);
+        let mut v: Vec<u32> = (0..1000).collect();
+        assert!(alloc::region_contains(v.as_ptr().cast()));
+        v.extend(1000..100_000u32);
+        assert!(alloc::region_contains(v.as_ptr().cast()));
+        v
+    })
+    .join()
+    .expect("allocating thread");
+    assert!(
+        block.iter().copied().eq(0..100_000u32),
+        "realloc kept the contents"
+    );
+    let bytes = (block.capacity() * 4) as u64;
+    let in_use = alloc::stats().region_in_use;
+    drop(block);
+    assert!(
+        alloc::stats().region_in_use + bytes <= in_use,
+        "a block freed by this (unregistered) thread went back to the region"
+    );
+
     // A request the region cannot hold is served by the system allocator and counted, never a crash.
     let stats = alloc::stats();
     alloc::register_thread(Role::Worker);
