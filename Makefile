@@ -48,7 +48,7 @@ test-python:
 test-rust:
 	cargo test --locked
 
-test: lint test-python test-rust
+test: lint test-python test-rust test-hil
 
 # The service behaviour alone (notify protocol, watchdog, SIGTERM, [realtime], deadlines); test-rust runs them too.
 .PHONY: test-service
