@@ -103,3 +103,18 @@ package: build-aarch64
 test-package: package
 	tests/package/test-package.sh $(PACKAGE_ROOT) $(DEB_DIR)/ocellus_$(DEB_VERSION)_amd64.deb \
 		$(DEB_DIR)/ocellus_$(DEB_VERSION)_arm64.deb
+
+# Benchmarks (docs/bench.md): the pipeline end to end, each model beside onnxruntime (report and plot in
+# $(BENCH_DIR)); and the per-stage criterion benches.
+BENCH_DIR ?= $(CACHE)/bench
+BENCH_FRAMES ?= 1000
+
+.PHONY: bench bench-criterion
+
+bench:
+	mkdir -p $(BENCH_DIR)
+	cargo run --locked --release -- bench --frames $(BENCH_FRAMES) --python $(PY) \
+		--json $(BENCH_DIR)/bench.json --plot $(BENCH_DIR)/bench.svg
+
+bench-criterion:
+	cargo bench --locked
