@@ -13,8 +13,9 @@ export CARGO_TERM_COLOR ?= never
 APT_PACKAGES := pkg-config
 # v4l2-sys-mit (the v4l crate) runs bindgen, which needs libclang.
 APT_PACKAGES += libclang-dev
-# The HIL VM test (tests/hil/run.sh): qemu, the initramfs tools, and gcc-12/make for building v4l2loopback.
-APT_PACKAGES += qemu-system-x86 busybox-static cpio kmod xz-utils gcc-12 make
+# The HIL VM test (tests/hil/run.sh): qemu, the initramfs tools, and gcc-12/make/libelf1 (objtool) for building
+# v4l2loopback.
+APT_PACKAGES += qemu-system-x86 busybox-static cpio kmod xz-utils gcc-12 make libelf1
 # The aarch64 cross toolchain and emulator, and what the Debian packages are built and tested with.
 APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static binutils dpkg-dev debootstrap \
 	lintian systemd

@@ -56,7 +56,7 @@ DEBS=$HIL/debs/$ABI
 if [ ! -e "$DEBS/.done" ]; then
     mkdir -p "$DEBS"
     log "downloading ${pkgs[*]}"
-    if ! (cd "$DEBS" && apt-get download "${pkgs[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed'); then
+    if ! (cd "$DEBS" && apt-get download "${pkgs[@]}" 2>&1 | { grep -v '^W: Download is performed unsandboxed' || true; }); then
         newest=$(apt-cache search --names-only "^linux-image-$series\.0-[0-9]+-$flavour\$" 2>/dev/null |
                  awk '{print $1}' | sort -V | tail -1)
         die "apt-get download failed for ${pkgs[*]} (run 'apt-get update'; if Debian dropped this kernel, set HIL_KERNEL_ABI=${newest#linux-image-} or newer)"
