@@ -667,3 +667,69 @@ fn a_camera_absent_at_start_is_waited_for_and_picked_up_without_counting_a_recon
     assert_eq!(c.restarts.load(Relaxed), 0);
     assert!(!c.lost.load(Relaxed), "cleared by the first frame");
 }
+
+#[test]
+fn a_stalled_camera_is_flagged_in_the_shared_memory_status_block() {
+    use ocellus::shm::{
+        layout, Dims, LatentsDtype, ShmReader, ShmSink, ShmSinkConfig, WriterConfig,
+    };
+    use ocellus::sink::Sink;
+
+    let name = format!("/ocellus-test-v4l2-stall-{}", std::process::id());
+    let mut writer = WriterConfig::new(
+        &name,
+        Dims {
+            cameras: 2,
+            embed_dim: 4,
+            num_latents: 2,
+            latent_dim: 3,
+            max_prompts: 4,
+            latents_dtype: LatentsDtype::F32,
+        },
+    );
+    writer.heartbeat_period = Duration::from_millis(10);
+    let mut cfg = ShmSinkConfig::new(writer);
+    // Only the capture loop's flag may mark a camera stalled here, not the sink's own idle timer.
+    cfg.stall_after = Duration::from_secs(3600);
+    let stats = Arc::new(Stats::new(2));
+    let c = &stats.camera(1).counters;
+    c.stalled.store(true, Relaxed);
+    c.stalls.store(2, Relaxed);
+    c.restarts.store(2, Relaxed);
+    let mut sink = ShmSink::create(&cfg, Some(stats.clone())).expect("create the segment");
+    let r = ShmReader::open(&name).expect("open the segment");
+    let until = Instant::now() + WATCHDOG;
+    let flags = loop {
+        let (c0, c1) = (
+            r.counters(0).expect("camera 0"),
+            r.counters(1).expect("camera 1"),
+        );
+        if c1.flags & layout::FLAG_STALLED != 0 {
+            assert_eq!(
+                c0.flags & layout::FLAG_STALLED,
+                0,
+                "camera 0 is not stalled"
+            );
+            assert_eq!(c1.reconnects, 2);
+            break c1.flags;
+        }
+        assert!(
+            Instant::now() < until,
+            "watchdog: the stalled flag never reached the segment"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(flags & layout::FLAG_CAMERA_LOST, 0);
+    // Cleared with the next frame: the heartbeat copies that too.
+    c.stalled.store(false, Relaxed);
+    let until = Instant::now() + WATCHDOG;
+    while r.counters(1).expect("camera 1").flags & layout::FLAG_STALLED != 0 {
+        assert!(
+            Instant::now() < until,
+            "watchdog: the stalled flag was never cleared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sink.stop();
+    let _ = std::fs::remove_file(format!("/dev/shm{name}"));
+}
