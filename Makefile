@@ -22,7 +22,7 @@ APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static bin
 
 .PHONY: setup setup-apt setup-rust setup-python test lint test-python test-rust run
 
-setup: setup-apt setup-rust setup-python
+setup: setup-apt setup-rust setup-python setup-cross setup-package
 
 setup-apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -49,7 +49,7 @@ test-python:
 test-rust:
 	cargo test --locked
 
-test: lint test-python test-rust test-hil
+test: lint test-python test-rust test-hil test-aarch64 test-package
 
 # The service behaviour alone (notify protocol, watchdog, SIGTERM, [realtime], deadlines); test-rust runs them too.
 .PHONY: test-service
