@@ -183,6 +183,19 @@ for f in /usr/bin/ocellus /etc/ocellus /var/lib/ocellus /usr/share/ocellus /lib/
     [ ! -e "$root$f" ] && ok "purged $f" || fail "left after purge: $f"
 done
 
+# The postinst's fallback where systemd-sysusers and systemd-tmpfiles are missing: useradd and install -d.
+in_root userdel ocellus >/dev/null 2>&1 || true
+in_root groupdel ocellus >/dev/null 2>&1 || true
+for t in systemd-sysusers systemd-tmpfiles; do mv "$root/usr/bin/$t" "$root/usr/bin/$t.hidden"; done
+check "dpkg -i without systemd-sysusers (useradd fallback)" \
+    in_root env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/ocellus.deb
+for t in systemd-sysusers systemd-tmpfiles; do mv "$root/usr/bin/$t.hidden" "$root/usr/bin/$t"; done
+fallback="$(in_root getent passwd ocellus | cut -d: -f6,7) $(in_root id -nG ocellus 2>&1) $(in_root stat -c '%U:%G %a' /var/lib/ocellus 2>&1)"
+case "$fallback" in
+    "/var/lib/ocellus:/usr/sbin/nologin ocellus video ocellus:ocellus 750") ok "fallback made the same user, groups and directory" ;;
+    *) fail "fallback: $fallback" ;;
+esac
+
 # --- lintian on both packages: errors fail the test, warnings are printed --------------------------------------
 if command -v lintian >/dev/null; then
     for deb in "$amd64_deb" "$arm64_deb"; do
