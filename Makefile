@@ -88,11 +88,16 @@ setup-cross:
 setup-package:
 	tests/package/make-root.sh $(PACKAGE_ROOT)
 
+# The aarch64 binary for the arm64 package is the one test-aarch64 builds beside its test binaries (the parity
+# test is an integration test, so cargo builds the binary too, in the same profile). A separate `cargo build`
+# would compile tract for aarch64 a second time: the dev-dependencies change the features cargo unifies into
+# the dependencies, and with them every crate above. So the arm64 package ships the very build the aarch64 tests
+# ran against, and CI compiles tract for aarch64 once.
 build-aarch64:
-	CARGO_TARGET_DIR=$(CROSS_DIR) cargo build --locked --release --target $(CROSS_TARGET)
+	CARGO_TARGET_DIR=$(CROSS_DIR) cargo test --locked --release --target $(CROSS_TARGET) --lib --test parity --no-run
 
 # The library's tests and the parity test (demo model against the onnxruntime reference), for aarch64 under
-# qemu-user; release, so they share the dependencies' build with build-aarch64.
+# qemu-user; release, the same build as build-aarch64.
 test-aarch64:
 	CARGO_TARGET_DIR=$(CROSS_DIR) cargo test --locked --release --target $(CROSS_TARGET) --lib --test parity
 
