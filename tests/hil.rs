@@ -739,6 +739,62 @@ fn vivid_dropped_buffers_are_counted_as_the_sequence_gaps_seen() {
 
 #[test]
 #[ignore = "needs vivid: run by tests/hil/run.sh in a VM"]
+fn vivid_stall_is_flagged_reopened_and_recovered_from() {
+    require_vivid();
+    let _restore = NoDrops;
+    vivid_colour_bars();
+    // 10 fps and stall-periods 10: a stall is declared one second after the last frame.
+    let cam = v4l2_camera(&camera_path(), PixelFormat::Yuyv, 640, 480, 10);
+    let run = Run::start(&cam);
+    run.wait_for("5 processed frames", |r| r.counter(|c| &c.processed) >= 5);
+    // vivid drops every buffer: the stream stays open and healthy but no frame ever arrives.
+    Controls::open(&camera_path()).set_int("Percentage of Dropped Buffers", 100);
+    run.wait_for("the stall to be flagged", |r| {
+        r.counter(|c| &c.stalls) >= 1 && r.stats().camera(0).counters.stalled.load(Relaxed)
+    });
+    run.wait_for("the stalled camera to be reopened", |r| {
+        r.counter(|c| &c.reconnects) >= 1
+    });
+    Controls::open(&camera_path()).set_int("Percentage of Dropped Buffers", 0);
+    let processed_at_recovery = run.counter(|c| &c.processed);
+    run.wait_for("5 more processed frames", |r| {
+        r.counter(|c| &c.processed) >= processed_at_recovery + 5
+    });
+    run.wait_for("the stalled flag to clear", |r| {
+        !r.stats().camera(0).counters.stalled.load(Relaxed)
+    });
+    let (tapped, seen, stats) = run.stop();
+    let c = &stats.camera(0).counters;
+    let stalls = c.stalls.load(Relaxed);
+    let reconnects = c.reconnects.load(Relaxed);
+    let starts = tapped.iter().filter(|t| **t == Tapped::Started).count() as u64;
+    eprintln!(
+        "stall: stalls {stalls}, reconnects {reconnects}, disconnects {}, source starts {starts}, processed {}",
+        c.disconnects.load(Relaxed),
+        c.processed.load(Relaxed)
+    );
+    assert!(stalls >= 1);
+    assert_eq!(
+        c.disconnects.load(Relaxed),
+        0,
+        "a stall is not a disconnect"
+    );
+    // Every stall reopens the camera, and every reopen is counted: one start plus one per reconnect.
+    assert_eq!(starts, 1 + reconnects, "{tapped:?}");
+    assert!(
+        tapped.iter().any(
+            |t| matches!(t, Tapped::Failed(m) if m.contains("no frame") || m.contains("stall"))
+        ),
+        "the source reported the stall: {tapped:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[1].sequence > w[0].sequence),
+        "sequence numbers keep increasing across the reopen"
+    );
+}
+
+#[test]
+#[ignore = "needs vivid: run by tests/hil/run.sh in a VM"]
 fn vivid_disconnect_is_reported_counted_and_recovered_from() {
     require_vivid();
     vivid_colour_bars();
