@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use ocellus::frame::PixelFormat;
 use ocellus::source::v4l2::{
-    fourcc_name, interval_fps, list_devices, list_rates, DeviceInfo, FormatInfo, FrameIntervals,
-    FrameSizes,
+    fourcc_name, interval_fps, list_devices, list_rates, size_text, DeviceInfo, FormatInfo,
+    FrameIntervals, FrameSizes,
 };
 
 use super::{init_logging, Failure, Verbosity};
@@ -144,19 +144,16 @@ fn format(out: &mut String, f: &FormatInfo) {
         let _ = writeln!(out, "           (the driver does not list sizes)");
     }
     for (size, rates) in &f.sizes {
-        let size = match *size {
-            FrameSizes::Discrete { width, height } => format!("{width}x{height}"),
-            FrameSizes::Stepwise {
-                min_width,
-                max_width,
-                step_width,
-                min_height,
-                max_height,
-                step_height,
-            } => format!(
-                "{min_width}x{min_height} to {max_width}x{max_height} (steps {step_width}x{step_height}; rates at the largest)"
-            ),
-        };
+        let stepwise = matches!(size, FrameSizes::Stepwise { .. });
+        let size = format!(
+            "{}{}",
+            size_text(size),
+            if stepwise {
+                " (rates at the largest)"
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(out, "           {size}: {}", list_rates(rates));
     }
 }

@@ -739,28 +739,29 @@ fn readable_hint(formats: &[FormatDesc]) -> String {
     }
 }
 
+/// One frame size for messages: `640x480` or `16x16 to 1920x1080 in steps of 2x2`.
+pub fn size_text(size: &FrameSizes) -> String {
+    match *size {
+        FrameSizes::Discrete { width, height } => format!("{width}x{height}"),
+        FrameSizes::Stepwise {
+            min_width,
+            max_width,
+            step_width,
+            min_height,
+            max_height,
+            step_height,
+        } => format!(
+            "{min_width}x{min_height} to {max_width}x{max_height} in steps of {step_width}x{step_height}"
+        ),
+    }
+}
+
 /// Frame sizes for messages: `640x480, 1280x720` or `16x16 to 1920x1080 in steps of 2x2`.
 pub fn list_sizes(sizes: &[FrameSizes]) -> String {
     if sizes.is_empty() {
         return "(the driver does not list them)".into();
     }
-    sizes
-        .iter()
-        .map(|s| match *s {
-            FrameSizes::Discrete { width, height } => format!("{width}x{height}"),
-            FrameSizes::Stepwise {
-                min_width,
-                max_width,
-                step_width,
-                min_height,
-                max_height,
-                step_height,
-            } => format!(
-                "{min_width}x{min_height} to {max_width}x{max_height} in steps of {step_width}x{step_height}"
-            ),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    sizes.iter().map(size_text).collect::<Vec<_>>().join(", ")
 }
 
 /// Frame rates for messages: `30, 25, 15 fps` or `1.00 to 60.00 fps`.
