@@ -85,6 +85,10 @@ extern "C" {
 #define OCELLUS_SHM_DTYPE_F32 1u
 #define OCELLUS_SHM_DTYPE_F16 2u
 
+#define OCELLUS_SHM_P_SEQ 0u
+#define OCELLUS_SHM_P_VERSION 8u
+#define OCELLUS_SHM_P_COUNT 16u
+#define OCELLUS_SHM_P_LABELS 64u
 #define OCELLUS_SHM_SLOT_LATEST 0u
 #define OCELLUS_SHM_SLOT_BUFFERS 64u
 #define OCELLUS_SHM_B_SEQ 0u
@@ -110,7 +114,8 @@ extern "C" {
 
 /* ---- results ---- */
 #define OCELLUS_SHM_OK 0
-#define OCELLUS_SHM_E_NOT_RUNNING (-1)       /* no segment, being created, or the writer stopped */
+#define OCELLUS_SHM_MAX_NAME 200             /* longest segment name after the leading '/' */
+#define OCELLUS_SHM_E_NOT_RUNNING (-1)       /* no segment, being created (0 bytes or no magic yet), or the writer stopped */
 #define OCELLUS_SHM_E_STALE (-2)             /* the writer's heartbeat is older than two periods */
 #define OCELLUS_SHM_E_VERSION (-3)           /* another layout version */
 #define OCELLUS_SHM_E_FOREIGN (-4)           /* not an ocellus segment / inconsistent header / unsafe mode */
@@ -238,7 +243,10 @@ static inline int ocellus_shm__validate(ocellus_shm *s, const unsigned char *bas
     uint64_t h[OCELLUS_SHM_HEADER_SIZE / 8];
     uint64_t cameras, e, l, d, k, dtype, es, latents, hash, i;
     uint64_t prompts_off, status_off, slots_off, emb_off, lat_off, sc_off, buf_stride, slot_stride, total;
-    if (size < OCELLUS_SHM_HEADER_SIZE) return OCELLUS_SHM_E_NOT_RUNNING;
+    /* 0 bytes: being created (not sized yet). A writer sizes the object in one ftruncate, so 1..383 bytes is
+     * never a segment being created: not an ocellus segment. */
+    if (size == 0) return OCELLUS_SHM_E_NOT_RUNNING;
+    if (size < OCELLUS_SHM_HEADER_SIZE) return OCELLUS_SHM_E_FOREIGN;
     h[0] = ocellus_shm__load_acq(base, 0);
     for (i = 1; i < OCELLUS_SHM_HEADER_SIZE / 8; i++) h[i] = ocellus_shm__load(base, i * 8);
     if (h[0] == 0) return OCELLUS_SHM_E_NOT_RUNNING;
@@ -318,7 +326,7 @@ static inline int ocellus_shm__map(ocellus_shm *s, const char *name) {
     }
     if (st.st_size < (off_t)OCELLUS_SHM_HEADER_SIZE) {
         close(fd);
-        return OCELLUS_SHM_E_NOT_RUNNING;
+        return st.st_size == 0 ? OCELLUS_SHM_E_NOT_RUNNING : OCELLUS_SHM_E_FOREIGN;
     }
     p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
     close(fd);
@@ -334,11 +342,26 @@ static inline int ocellus_shm__map(ocellus_shm *s, const char *name) {
     return OCELLUS_SHM_OK;
 }
 
+/* The segment-name rule of docs/shm-layout.md: '/' then 1..=200 characters of A-Z a-z 0-9 . _ -, not "." or
+ * "..". Returns 1 when `name` follows it. */
+static inline int ocellus_shm_name_ok(const char *name) {
+    size_t n = strlen(name), i;
+    if (n < 2 || n > 1 + OCELLUS_SHM_MAX_NAME || name[0] != '/') return 0;
+    if (strcmp(name, "/.") == 0 || strcmp(name, "/..") == 0) return 0;
+    for (i = 1; i < n; i++) {
+        char c = name[i];
+        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                 c == '-';
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
 /* Opens `name` (e.g. "/ocellus"). Returns OCELLUS_SHM_OK or a negative OCELLUS_SHM_E_*. */
 static inline int ocellus_shm_open(ocellus_shm *s, const char *name) {
     size_t n = strlen(name);
     memset(s, 0, sizeof *s);
-    if (n < 2 || n >= sizeof s->name || name[0] != '/' || strchr(name + 1, '/') != NULL) return OCELLUS_SHM_E_ARG;
+    if (!ocellus_shm_name_ok(name)) return OCELLUS_SHM_E_ARG;
     memcpy(s->name, name, n + 1);
     s->max_retries = 1000;
     s->verify_checksum = 1;
@@ -442,6 +465,69 @@ static inline int ocellus_shm__load_buffer(const ocellus_shm *s, const unsigned 
     out->prompt_version = meta[12];
     out->num_scores = (uint32_t)(meta[13] < s->max_prompts ? meta[13] : s->max_prompts);
     return !s->verify_checksum || out->checksum == ocellus_shm__finish(sum, idx);
+}
+
+/* The prompt table: label i names score i of every sample whose prompt_version equals `version`. Filled with
+ * the first sample of a prompt set: version 0 and count 0 until then. Re-read it when a sample's prompt_version
+ * differs from the version you hold. `labels` has room for `cap` labels; `*count` is set to the labels in use,
+ * at most `cap` and K. Sequence-locked like a sample: at most 1 + max_retries attempts. */
+static inline int ocellus_shm_read_prompts(const ocellus_shm *s, uint64_t *version,
+                                           char (*labels)[OCELLUS_SHM_LABEL_BYTES + 1], uint32_t cap,
+                                           uint32_t *count) {
+    uint32_t attempt, i, j, n;
+    const unsigned char *table = s->base + s->prompts_offset;
+    for (attempt = 0; attempt <= s->max_retries; attempt++) {
+        uint64_t s1 = __atomic_load_n(ocellus_shm__w(table, OCELLUS_SHM_P_SEQ), __ATOMIC_ACQUIRE);
+        uint64_t c;
+        if (s1 & 1u) continue;
+        *version = ocellus_shm__load(table, OCELLUS_SHM_P_VERSION);
+        c = ocellus_shm__load(table, OCELLUS_SHM_P_COUNT);
+        n = (uint32_t)(c < s->max_prompts ? c : s->max_prompts);
+        if (n > cap) n = cap;
+        for (i = 0; i < n; i++) {
+            for (j = 0; j < OCELLUS_SHM_LABEL_BYTES / 8; j++) {
+                uint64_t w = ocellus_shm__load(table, OCELLUS_SHM_P_LABELS + i * OCELLUS_SHM_LABEL_BYTES + 8 * j);
+                memcpy(labels[i] + 8 * j, &w, 8);
+            }
+            labels[i][OCELLUS_SHM_LABEL_BYTES] = '\0';
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(ocellus_shm__w(table, OCELLUS_SHM_P_SEQ), __ATOMIC_RELAXED) == s1) {
+            *count = n;
+            return OCELLUS_SHM_OK;
+        }
+    }
+    return OCELLUS_SHM_E_RETRIES_EXHAUSTED;
+}
+
+/* One camera's counters in the status block. Each value is whole; the set is not a snapshot. */
+typedef struct {
+    uint64_t captured, dropped, late[OCELLUS_SHM_STAGES], reconnects, processed, corrupt, errors;
+    uint64_t flags;            /* OCELLUS_SHM_FLAG_CAMERA_LOST, OCELLUS_SHM_FLAG_STALLED */
+    uint64_t last_overrun_ns;  /* by how much the most recent late frame overran its worst stage (0: none) */
+    uint64_t last_late_stages; /* that frame's late bits (bit s = stage s) */
+} ocellus_shm_counters;
+
+static inline int ocellus_shm_read_counters(const ocellus_shm *s, uint32_t camera, ocellus_shm_counters *out) {
+    uint64_t base, i;
+    if (camera >= s->cameras) return OCELLUS_SHM_E_ARG;
+    base = s->status_offset + 64 + (uint64_t)camera * OCELLUS_SHM_STATUS_CAMERA_STRIDE;
+    out->captured = ocellus_shm__load(s->base, base + 0);
+    out->dropped = ocellus_shm__load(s->base, base + 8);
+    for (i = 0; i < OCELLUS_SHM_STAGES; i++) out->late[i] = ocellus_shm__load(s->base, base + 16 + 8 * i);
+    out->reconnects = ocellus_shm__load(s->base, base + 72);
+    out->processed = ocellus_shm__load(s->base, base + 80);
+    out->corrupt = ocellus_shm__load(s->base, base + 88);
+    out->errors = ocellus_shm__load(s->base, base + 96);
+    out->flags = ocellus_shm__load(s->base, base + 104);
+    out->last_overrun_ns = ocellus_shm__load(s->base, base + 112);
+    out->last_late_stages = ocellus_shm__load(s->base, base + 120);
+    return OCELLUS_SHM_OK;
+}
+
+/* The writer's memory high-water mark in bytes (VmHWM), from the status block. */
+static inline uint64_t ocellus_shm_memory_high_water(const ocellus_shm *s) {
+    return ocellus_shm__load(s->base, s->status_offset);
 }
 
 /* Copies `camera`'s latest complete sample into `out` (its buffers must hold E, L*D and K floats). Never blocks

@@ -160,8 +160,11 @@ class Layout:
 
 def validate_header(header: np.ndarray, size: int) -> Layout:
     """Checks a header snapshot (uint64 words) against the segment size; raises a typed error."""
+    if size == 0:
+        raise NotRunning("0 bytes, not sized yet: being created, or its writer died doing so")
     if size < HEADER_SIZE or len(header) < HEADER_SIZE // 8:
-        raise NotRunning(f"{size} bytes, shorter than the header: being created, or its writer died doing so")
+        # A writer sizes the object in one ftruncate: 1..383 bytes is never a segment being created.
+        raise Foreign(f"{size} bytes, shorter than the {HEADER_SIZE}-byte header: not an ocellus segment")
     w = [int(x) for x in header[: HEADER_SIZE // 8]]
     if w[H["magic"]] == 0:
         raise NotRunning("no magic yet: the segment is being created")
@@ -252,13 +255,25 @@ def _now_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
+MAX_NAME = 200
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def name_ok(name: str) -> bool:
+    """The segment-name rule of docs/shm-layout.md: '/' then 1..=200 of A-Z a-z 0-9 . _ -, not '.' or '..'."""
+    bare = name[1:] if name.startswith("/") else None
+    return (bare is not None and 1 <= len(bare) <= MAX_NAME and bare not in (".", "..")
+            and all(c in _NAME_CHARS for c in bare))
+
+
 class Reader:
     """A read-only view of an ocellus segment (``/dev/shm`` + name)."""
 
     def __init__(self, name: str = "/ocellus", *, max_retries: int = 1000, verify_checksum: bool = True,
                  reopen_interval: float = 0.05, stale_after: float | None = None, expected_uid: int | None = None):
-        if not name.startswith("/") or "/" in name[1:] or len(name) < 2 or len(name) > 255:
-            raise Foreign(f"shared-memory name {name!r} must be '/' then 1 to 254 bytes without '/'")
+        if not name_ok(name):
+            raise Foreign(f"{name!r} is not a shared-memory segment name: '/' then 1 to {MAX_NAME} of "
+                          "A-Z a-z 0-9 . _ - (docs/shm-layout.md)")
         self.name = name
         self.max_retries = max_retries
         self.verify_checksum = verify_checksum
@@ -284,8 +299,11 @@ class Reader:
                 raise Foreign(f"{path} is world-writable (mode {st.st_mode & 0o777:o}); ocellus never creates it so")
             if self.expected_uid is not None and st.st_uid != self.expected_uid:
                 raise Foreign(f"{path} is owned by uid {st.st_uid}, expected {self.expected_uid}")
+            if st.st_size == 0:
+                raise NotRunning(f"{path} has 0 bytes: being created")
             if st.st_size < HEADER_SIZE:
-                raise NotRunning(f"{path} has {st.st_size} bytes: being created")
+                raise Foreign(f"{path} has {st.st_size} bytes, shorter than the {HEADER_SIZE}-byte header: "
+                              "not an ocellus segment")
             mm = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
@@ -458,7 +476,11 @@ class Reader:
         w = self._words[b:b + 16].copy()
         return dict(captured=int(w[0]), dropped=int(w[1]), late=[int(x) for x in w[2:2 + STAGES]],
                     reconnects=int(w[9]), processed=int(w[10]), corrupt=int(w[11]), errors=int(w[12]),
-                    flags=int(w[13]))
+                    flags=int(w[13]), last_overrun_ns=int(w[14]), last_late_stages=int(w[15]))
+
+    def memory_high_water(self) -> int:
+        """The writer's memory high-water mark in bytes (VmHWM), from the status block."""
+        return int(self._words[self.layout.status_offset // 8])
 
 
 def format_sample(camera: int, sample: Sample, info: SampleInfo, labels: list[str], top: int = 3) -> str:

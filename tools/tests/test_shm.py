@@ -277,3 +277,30 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "stress-read":
         raise SystemExit(stress_read(sys.argv[2], int(sys.argv[3])))
     raise SystemExit(f"usage: {sys.argv[0]} stress-read NAME COUNT")
+
+
+def _object(name, data):
+    path = "/dev/shm" + name
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def test_an_empty_object_is_being_created_and_a_short_one_is_foreign(name):
+    # docs/shm-layout.md: a writer sizes the object in one ftruncate, so 0 bytes is a segment being created and
+    # 1..383 bytes never is one. The Rust and C readers say the same.
+    _object(name, b"")
+    with pytest.raises(shm.NotRunning):
+        shm.Reader(name)
+    _object(name, b"OCELLSHM" + bytes(92))
+    with pytest.raises(shm.Foreign):
+        shm.Reader(name)
+
+
+def test_segment_names_follow_the_one_rule():
+    for ok in ["/ocellus", "/a", "/cam-0_front.v2", "/" + "x" * 200]:
+        assert shm.name_ok(ok), ok
+    for bad in ["ocellus", "/", "/a/b", "/.", "/..", "/" + "x" * 201, "/a b", "/é"]:
+        assert not shm.name_ok(bad), bad
+    with pytest.raises(shm.Foreign):
+        shm.Reader("/a b")

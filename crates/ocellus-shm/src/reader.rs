@@ -41,47 +41,106 @@ impl Default for ReaderOptions {
 }
 
 /// Why a segment could not be opened or read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum ReadError {
-    #[error("shared memory {name}: ocellus is not running ({reason})")]
-    NotRunning { name: String, reason: String },
-    #[error("shared memory {name}: the writer (pid {pid}) is not alive: no heartbeat for {} ms", heartbeat_age.as_millis())]
+    NotRunning {
+        name: String,
+        reason: String,
+    },
     Stale {
         name: String,
         pid: u64,
         heartbeat_age: Duration,
     },
-    #[error("shared memory {name} has layout version {found}; this reader reads version {expected}: use matching ocellus versions")]
     VersionMismatch {
         name: String,
         found: u64,
         expected: u64,
     },
-    #[error("shared memory {name} is not a valid ocellus segment: {reason}")]
-    Foreign { name: String, reason: String },
-    #[error(
-        "shared memory {name}: camera {camera}: every one of {retries} retries overlapped a write"
-    )]
+    Foreign {
+        name: String,
+        reason: String,
+    },
     RetriesExhausted {
         name: String,
         camera: usize,
         retries: u32,
     },
-    #[error("shared memory {name}: camera {camera} has published nothing yet")]
-    NoSample { name: String, camera: usize },
-    #[error("shared memory {name}: camera {camera} does not exist (the segment has {cameras})")]
+    NoSample {
+        name: String,
+        camera: usize,
+    },
     NoSuchCamera {
         name: String,
         camera: usize,
         cameras: usize,
     },
-    #[error("shared memory {name}: failed to {what}: {source}")]
     Io {
         name: String,
         what: &'static str,
-        #[source]
         source: io::Error,
     },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::NotRunning { name, reason } => {
+                write!(f, "shared memory {name}: ocellus is not running ({reason})")
+            }
+            ReadError::Stale {
+                name,
+                pid,
+                heartbeat_age,
+            } => write!(
+                f,
+                "shared memory {name}: the writer (pid {pid}) is not alive: no heartbeat for {} ms",
+                heartbeat_age.as_millis()
+            ),
+            ReadError::VersionMismatch {
+                name,
+                found,
+                expected,
+            } => write!(
+                f,
+                "shared memory {name} has layout version {found}; this reader reads version {expected}: use matching ocellus versions"
+            ),
+            ReadError::Foreign { name, reason } => {
+                write!(f, "shared memory {name} is not a valid ocellus segment: {reason}")
+            }
+            ReadError::RetriesExhausted {
+                name,
+                camera,
+                retries,
+            } => write!(
+                f,
+                "shared memory {name}: camera {camera}: every one of {retries} retries overlapped a write"
+            ),
+            ReadError::NoSample { name, camera } => {
+                write!(f, "shared memory {name}: camera {camera} has published nothing yet")
+            }
+            ReadError::NoSuchCamera {
+                name,
+                camera,
+                cameras,
+            } => write!(
+                f,
+                "shared memory {name}: camera {camera} does not exist (the segment has {cameras})"
+            ),
+            ReadError::Io { name, what, source } => {
+                write!(f, "shared memory {name}: failed to {what}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// What came with a sample.
@@ -198,9 +257,13 @@ fn open_segment(
         }
     }
     if stat.size < layout::HEADER_SIZE {
+        // The same verdict validate_header gives: 0 bytes is being created, anything else too short is foreign.
+        let header = [0u64; (layout::HEADER_SIZE / 8) as usize];
         return Err(map_header_error(
             name,
-            HeaderError::Incomplete(format!("{} bytes", stat.size)),
+            layout::validate_header(&header, stat.size)
+                .err()
+                .unwrap_or(HeaderError::Incomplete("too short".into())),
         ));
     }
     let map = Mapping::new(&fd, stat.size, false).map_err(|source| ReadError::Io {

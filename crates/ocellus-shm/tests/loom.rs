@@ -1,8 +1,8 @@
-//! Model check of the shared-memory publish/read protocol (src/shm/seqlock.rs) with loom: in every interleaving
+//! Model check of the shared-memory publish/read protocol (src/seqlock.rs) with loom: in every interleaving
 //! and every memory-model-permitted load result that loom explores, a reader never accepts a torn sample.
 //!
 //! The protocol file is compiled here against loom's atomics (the `sync` module below stands in for
-//! src/shm/sync.rs), so this is a normal integration test: no `--cfg loom` rebuild of the dependency tree.
+//! src/sync.rs), so this is a normal integration test: no `--cfg loom` rebuild of the dependency tree.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ mod sync {
 }
 
 #[allow(dead_code)]
-#[path = "../src/shm/seqlock.rs"]
+#[path = "../src/seqlock.rs"]
 mod seqlock;
 
 use sync::{AtomicU64, Ordering::Relaxed};

@@ -370,7 +370,9 @@ impl Layout {
 /// What is wrong with a header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderError {
-    /// Shorter than a header, or no magic yet: a writer is creating it (or died doing so).
+    /// Empty (0 bytes), or no magic yet: a writer is creating it (or died doing so). A writer sizes the object
+    /// in one `ftruncate`, so an object of 1 to [`HEADER_SIZE`] - 1 bytes is never a segment being created:
+    /// that is [`HeaderError::Foreign`].
     Incomplete(String),
     /// Not an ocellus segment, or one whose header contradicts itself or its size.
     Foreign(String),
@@ -387,9 +389,12 @@ pub fn word_at(header: &[u64], offset: u64) -> u64 {
 /// Every field is checked against the segment size and against the layout recomputed from the dimensions
 /// before anything is derived from it; the returned layout is the recomputed one.
 pub fn validate_header(header: &[u64], segment_len: u64) -> Result<Layout, HeaderError> {
+    if segment_len == 0 {
+        return Err(HeaderError::Incomplete("0 bytes, not sized yet".into()));
+    }
     if segment_len < HEADER_SIZE || header.len() < (HEADER_SIZE / 8) as usize {
-        return Err(HeaderError::Incomplete(format!(
-            "{segment_len} bytes, shorter than the {HEADER_SIZE}-byte header"
+        return Err(HeaderError::Foreign(format!(
+            "{segment_len} bytes, shorter than the {HEADER_SIZE}-byte header (a writer sizes a segment in one step, so this is not one being created)"
         )));
     }
     let magic = word_at(header, H_MAGIC);

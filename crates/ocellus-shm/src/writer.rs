@@ -48,37 +48,98 @@ impl WriterConfig {
 }
 
 /// Why the segment could not be created.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum CreateError {
-    #[error("shared memory {name}: invalid configuration: {reason}")]
-    Config { name: String, reason: String },
-    #[error("shared memory {name}: another ocellus (pid {pid}) is running and publishing there (heartbeat {age_ms} ms ago); stop it or choose another shm name")]
-    AlreadyRunning { name: String, pid: u64, age_ms: u64 },
-    #[error("shared memory {name} exists and is not a segment this ocellus may replace: {reason}; remove /dev/shm{name} by hand if it is garbage")]
-    Foreign { name: String, reason: String },
-    #[error("shared memory {name}: failed to {what}: {source}")]
+    Config {
+        name: String,
+        reason: String,
+    },
+    AlreadyRunning {
+        name: String,
+        pid: u64,
+        age_ms: u64,
+    },
+    Foreign {
+        name: String,
+        reason: String,
+    },
     Io {
         name: String,
         what: &'static str,
-        #[source]
         source: io::Error,
     },
 }
 
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::Config { name, reason } => {
+                write!(f, "shared memory {name}: invalid configuration: {reason}")
+            }
+            CreateError::AlreadyRunning { name, pid, age_ms } => write!(
+                f,
+                "shared memory {name}: another ocellus (pid {pid}) is running and publishing there (heartbeat {age_ms} ms ago); stop it or choose another shm name"
+            ),
+            CreateError::Foreign { name, reason } => write!(
+                f,
+                "shared memory {name} exists and is not a segment this ocellus may replace: {reason}; remove /dev/shm{name} by hand if it is garbage"
+            ),
+            CreateError::Io { name, what, source } => {
+                write!(f, "shared memory {name}: failed to {what}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CreateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CreateError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// Why one sample was not published (nothing was written).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
-    #[error("camera {camera} does not exist (the segment has {cameras})")]
-    NoSuchCamera { camera: usize, cameras: usize },
-    #[error("{what} has {found} values, the segment holds {expected}")]
+    NoSuchCamera {
+        camera: usize,
+        cameras: usize,
+    },
     Shape {
         what: &'static str,
         found: usize,
         expected: usize,
     },
-    #[error("{found} prompts do not fit the segment's table of {max}")]
-    TooManyPrompts { found: usize, max: usize },
+    TooManyPrompts {
+        found: usize,
+        max: usize,
+    },
 }
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::NoSuchCamera { camera, cameras } => {
+                write!(
+                    f,
+                    "camera {camera} does not exist (the segment has {cameras})"
+                )
+            }
+            PublishError::Shape {
+                what,
+                found,
+                expected,
+            } => write!(f, "{what} has {found} values, the segment holds {expected}"),
+            PublishError::TooManyPrompts { found, max } => {
+                write!(f, "{found} prompts do not fit the segment's table of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
 
 /// The single writer of a segment. Dropping it marks the segment stopped and removes its name.
 #[derive(Debug)]
@@ -93,6 +154,7 @@ pub struct ShmWriter {
     published: Vec<u64>,
     /// Writes of the prompt table so far.
     prompt_writes: u64,
+    replaced_stale: bool,
 }
 
 /// A handle that beats the heartbeat from another thread (it keeps the mapping alive).
@@ -192,6 +254,7 @@ impl ShmWriter {
         };
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         let mut replaced = false;
+        let mut replaced_stale = false;
         let fd = loop {
             match os::shm_open(&cname, flags, config.mode) {
                 Ok(fd) => break fd,
@@ -211,7 +274,7 @@ impl ShmWriter {
                                             return Err(io_err("remove the stale segment")(e))
                                         }
                                     }
-                                    tracing::warn!(name = %config.name, "replaced a stale shared-memory segment left by a writer that is gone");
+                                    replaced_stale = true;
                                 }
                             }
                         }
@@ -277,7 +340,13 @@ impl ShmWriter {
             stopped: false,
             published: vec![0; layout.dims.cameras],
             prompt_writes: 0,
+            replaced_stale,
         })
+    }
+
+    /// Whether creating this segment replaced a stale one left by a writer that is gone (the caller logs it).
+    pub fn replaced_stale(&self) -> bool {
+        self.replaced_stale
     }
 
     pub fn name(&self) -> &str {

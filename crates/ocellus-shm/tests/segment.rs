@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use ocellus::shm::{
+use ocellus_shm::{
     layout, validate_bytes, CameraCounters, CreateError, Dims, HeaderError, LatentsDtype,
     ReadError, ReaderOptions, Sample, SampleMeta, SampleRef, ShmReader, ShmWriter, WriterConfig,
 };
@@ -117,7 +117,7 @@ fn round_trip_f32_and_f16() {
             got.meta.stages_ns[layout::STAGE_END_TO_END],
             got.meta.publish_ns - 1
         );
-        let line = ocellus::shm::format_sample(1, &got, &info, &["cat".into(), "dog".into()], 2);
+        let line = ocellus_shm::format_sample(1, &got, &info, &["cat".into(), "dog".into()], 2);
         assert!(
             line.contains("seq 41") && line.contains("top: cat 0.750, ? 0.500"),
             "{line}"
@@ -250,7 +250,8 @@ fn foreign_objects_are_refused_and_left_alone() {
         ShmReader::open(&name.0),
         Err(ReadError::Foreign { .. })
     ));
-    // Too short for a header: the writer refuses, the reader says nothing runs there.
+    // Too short for a header: the writer refuses, the reader says it is not a segment (a writer sizes a
+    // segment in one step, so 4 bytes is never one being created).
     std::fs::write(name.path(), b"tiny").expect("write");
     assert!(matches!(
         ShmWriter::create(&cfg),
@@ -258,7 +259,7 @@ fn foreign_objects_are_refused_and_left_alone() {
     ));
     assert!(matches!(
         ShmReader::open(&name.0),
-        Err(ReadError::NotRunning { .. })
+        Err(ReadError::Foreign { .. })
     ));
 }
 
@@ -358,8 +359,12 @@ fn fuzzed_segments_give_typed_errors_never_panics() {
     let mut counts = [0usize; 4];
     for round in 0..20_000 {
         let mut image = if round % 4 == 0 {
-            // Arbitrary bytes, arbitrary length (sometimes with the right magic).
-            let len = (rng.next() % 4096) as usize;
+            // Arbitrary bytes, arbitrary length (sometimes with the right magic, sometimes empty).
+            let len = if rng.next() % 16 == 0 {
+                0
+            } else {
+                (rng.next() % 4096) as usize
+            };
             let mut v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             if rng.next() % 2 == 0 && v.len() >= 8 {
                 v[..8].copy_from_slice(b"OCELLSHM");
@@ -426,79 +431,40 @@ fn fuzzed_segments_give_typed_errors_never_panics() {
     }
 }
 
+/// docs/shm-layout.md: a writer sizes the object in one `ftruncate`, so 0 bytes is a segment being created
+/// (try again), while 1..=383 bytes is never one: it is not an ocellus segment. The C and Python readers say
+/// the same (tests/c/shm_reader.c, tools/tests/test_shm.py).
 #[test]
-fn sink_publishes_frame_results_and_keeps_the_status_block() {
-    use ocellus::pipeline::{FrameResult, FLAG_DEGRADED};
-    use ocellus::shm::{ShmSink, ShmSinkConfig};
-    use ocellus::sink::Sink;
-    use ocellus::stats::{Stage, Stats};
-    use std::sync::atomic::Ordering::Relaxed;
-    use std::sync::Arc;
-
-    let name = Name::new("sink");
-    let mut cfg = ShmSinkConfig::new(config(&name, LatentsDtype::F16));
-    cfg.stall_after = Duration::from_millis(60);
-    let stats = Arc::new(Stats::new(2));
-    stats.camera(1).counters.captured.store(12, Relaxed);
-    stats.camera(1).counters.dropped.store(2, Relaxed);
-    stats.camera(1).counters.late[Stage::Encoder.index()].store(1, Relaxed);
-    stats.camera(1).counters.lost.store(true, Relaxed);
-    let mut sink = ShmSink::create(&cfg, Some(stats.clone())).expect("create sink");
-
-    let d = dims(LatentsDtype::F16);
-    let s = sample(5, &d);
-    let labels = vec![
-        "a cat".to_string(),
-        "a dog".to_string(),
-        "a car".to_string(),
-    ];
-    let mut stage_ns = [0u64; 7];
-    stage_ns[Stage::Prepare.index()] = 1_000;
-    let result = FrameResult {
-        camera: 1,
-        sequence: 5,
-        capture_ns: 1,
-        publish_ns: 2,
-        stage_ns,
-        flags: Stage::Encoder.late_bit(),
-        image_embeds: &s.embedding,
-        latents: &s.latents,
-        latents_shape: (d.num_latents, d.latent_dim),
-        scores: &s.scores[..3],
-        labels: &labels,
-        prompt_version: 4,
-        ground_truth: None,
-        ground_truth_label: None,
-    };
-    sink.publish(&result).expect("publish");
-    sink.publish(&result).expect("publish again");
-
-    let mut r = ShmReader::open(&name.0).expect("open");
-    let mut got = r.new_sample();
-    let info = r.read_latest(1, &mut got).expect("read");
-    assert_eq!(info.sequence, 5);
-    assert_eq!(info.published, 2);
-    assert_eq!(got.embedding, s.embedding);
-    assert_eq!(got.scores(), &s.scores[..3]);
-    assert_eq!(got.meta.deadline_misses, 2, "both frames were late");
-    assert_eq!(got.meta.stages_ns[Stage::Prepare.index()], 1_000);
-    assert_eq!(got.meta.flags & FLAG_DEGRADED as u64, 0);
-    assert_eq!(r.prompts().expect("prompts").labels, labels);
-    let counters = eventually(
-        "the heartbeat thread to copy the counters and flag camera 0 stalled",
-        || {
-            let c0 = r.counters(0).ok()?;
-            let c1 = r.counters(1).ok()?;
-            (c1.captured == 12 && c0.flags & layout::FLAG_STALLED != 0).then_some(c1)
-        },
-    );
-    assert_eq!(counters.dropped, 2);
-    assert_eq!(counters.late[Stage::Encoder.index()], 1);
-    assert_ne!(counters.flags & layout::FLAG_CAMERA_LOST, 0);
-    assert!(r.memory_high_water() > 0);
-    sink.stop();
+fn an_empty_object_is_being_created_and_a_short_one_is_foreign() {
     assert!(matches!(
-        r.read_latest(1, &mut got),
-        Err(ReadError::NotRunning { .. })
+        validate_bytes(&[]),
+        Err(HeaderError::Incomplete(_))
     ));
+    for len in [1usize, 8, 100, 383] {
+        let mut image = vec![0u8; len];
+        if len >= 8 {
+            image[..8].copy_from_slice(b"OCELLSHM");
+        }
+        assert!(
+            matches!(validate_bytes(&image), Err(HeaderError::Foreign(_))),
+            "{len} bytes"
+        );
+    }
+    assert!(matches!(
+        validate_bytes(&[0u8; 384]),
+        Err(HeaderError::Incomplete(_))
+    ));
+
+    let name = Name::new("short");
+    for (bytes, want_foreign) in [(0usize, false), (100, true)] {
+        std::fs::write(name.path(), vec![7u8; bytes]).expect("write");
+        std::fs::set_permissions(name.path(), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        match ShmReader::open(&name.0) {
+            Err(ReadError::Foreign { .. }) if want_foreign => {}
+            Err(ReadError::NotRunning { .. }) if !want_foreign => {}
+            Err(e) => panic!("{bytes} bytes: {e}"),
+            Ok(_) => panic!("{bytes} bytes opened"),
+        }
+    }
 }

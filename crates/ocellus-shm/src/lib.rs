@@ -12,29 +12,70 @@
 //!   [`ReaderOptions::reopen_interval`]); re-mapping onto larger dimensions resizes the sample once.
 //!
 //! Layers: `os` (the only `unsafe`: shm_open, mmap, fstat, clocks), `sync` + `seqlock` (the protocol core,
-//! model-checked by `tests/shm_loom.rs`), `layout` (offsets, validation, checksum), then the writer, the
-//! reader and the pipeline sink.
+//! model-checked by `tests/loom.rs`), `layout` (offsets, validation, checksum), then the writer and the reader.
+//!
+//! This crate is what a Rust control loop links to read ocellus's results: it depends on `libc` and `half`
+//! only (no inference engine, no tokenizer, no V4L2 bindings), so it builds in seconds. The runtime publishes
+//! through the same [`ShmWriter`]; the C header `include/ocellus/shm.h` and the Python reader
+//! `ocellus_tools.shm` implement the same reader side of docs/shm-layout.md.
 
-#![warn(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod format;
 pub mod layout;
-pub(crate) mod os;
+#[allow(unsafe_code)]
+mod os;
 mod reader;
 mod segment;
 mod seqlock;
-mod sink;
 mod sync;
 mod writer;
 
 pub use format::{format_sample, format_top, CameraTop, TopSnapshot};
 pub use layout::{Dims, HeaderError, LatentsDtype, Layout};
 pub use reader::{validate_bytes, ReadError, ReaderOptions, SampleInfo, ShmReader, WriterInfo};
-pub use sink::{ShmSink, ShmSinkConfig};
 pub use writer::{CreateError, Heartbeat, PublishError, ShmWriter, WriterConfig};
+
+/// The clock of every timestamp in the segment (and of the runtime's frame timestamps): CLOCK_MONOTONIC.
+pub mod clock {
+    /// CLOCK_MONOTONIC now, in ns: the time base of capture, publish and heartbeat times.
+    pub fn monotonic_ns() -> u64 {
+        crate::os::monotonic_ns()
+    }
+
+    /// CLOCK_REALTIME now, in ns since the Unix epoch.
+    pub fn realtime_ns() -> u64 {
+        crate::os::realtime_ns()
+    }
+}
 
 /// Default segment name (`/dev/shm/ocellus`).
 pub const DEFAULT_NAME: &str = "/ocellus";
+
+/// Longest segment name, without the leading `/`.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// The one rule for segment names (docs/shm-layout.md, the config's `shm.name`, `--shm`, the readers): 1 to
+/// [`MAX_NAME_LEN`] characters of `A-Z a-z 0-9 . _ -`, not `.` or `..`, optionally after one leading `/`.
+/// Returns the POSIX name, with the leading `/` (the object is `/dev/shm/<name>`).
+pub fn segment_name(name: &str) -> Result<String, String> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    let ok = !bare.is_empty()
+        && bare.len() <= MAX_NAME_LEN
+        && bare != "."
+        && bare != ".."
+        && bare
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(format!("/{bare}"))
+    } else {
+        Err(format!(
+            "'{name}' is not a shared-memory segment name: use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 . _ - (no '/' inside; a leading '/' is optional)"
+        ))
+    }
+}
 
 /// The metadata of one sample.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

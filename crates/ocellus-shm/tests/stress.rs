@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ocellus::shm::{
+use ocellus_shm::{
     layout, Dims, LatentsDtype, ReadError, ReaderOptions, Sample, SampleMeta, SampleRef, ShmReader,
     ShmWriter, WriterConfig,
 };
@@ -109,19 +109,20 @@ fn python() -> Option<PathBuf> {
 }
 
 fn compile(compiler: &str, std: &str, lang: &str, out: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    compile_file(compiler, std, lang, "tests/c/shm_reader.c", out)
+}
+
+fn compile_file(compiler: &str, std: &str, lang: &str, file: &str, out: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let status = Command::new(compiler)
         .args([std, "-O2", "-Wall", "-Wextra", "-Werror", "-x", lang, "-I"])
         .arg(root.join("include"))
-        .arg(root.join("tests/c/shm_reader.c"))
+        .arg(root.join(file))
         .arg("-o")
         .arg(out)
         .status()
         .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
-    assert!(
-        status.success(),
-        "{compiler} {std} failed on tests/c/shm_reader.c"
-    );
+    assert!(status.success(), "{compiler} {std} failed on {file}");
 }
 
 struct Counts {
@@ -343,7 +344,7 @@ fn writer_and_three_readers_accept_no_torn_sample() {
     let c = spawn(Command::new(&c_bin).arg(&name).arg(c_n.to_string()));
     let cpp = spawn(Command::new(&cpp_bin).arg(&name).arg(cpp_n.to_string()));
     let python_child = py.as_ref().map(|py| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         spawn(
             Command::new(py)
                 .arg(root.join("tools/tests/test_shm.py"))
@@ -387,4 +388,99 @@ fn writer_and_three_readers_accept_no_torn_sample() {
         total
     );
     assert!(total >= 1_000_000, "only {total} accepted reads");
+}
+
+/// The C header follows the same rules as this crate (docs/shm-layout.md): the segment-name rule, and an empty
+/// object is a segment being created (OCELLUS_SHM_E_NOT_RUNNING) while a short one is not a segment at all
+/// (OCELLUS_SHM_E_FOREIGN).
+#[test]
+fn the_c_header_follows_the_name_and_size_rules() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let exe = tmp.path().join("shm_rules");
+    compile_file("cc", "-std=c99", "c", "tests/c/shm_rules.c", &exe);
+    let pid = std::process::id();
+    let (empty, short) = (
+        format!("/ocellus-rules-empty-{pid}"),
+        format!("/ocellus-rules-short-{pid}"),
+    );
+    std::fs::write(format!("/dev/shm{empty}"), b"").expect("empty object");
+    std::fs::write(format!("/dev/shm{short}"), [7u8; 100]).expect("short object");
+    let out = Command::new(&exe)
+        .args([&empty, &short])
+        .output()
+        .expect("run shm_rules");
+    let _ = std::fs::remove_file(format!("/dev/shm{empty}"));
+    let _ = std::fs::remove_file(format!("/dev/shm{short}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    for name in [
+        "/ocellus",
+        "/a",
+        "/cam-0_front.v2",
+        "ocellus",
+        "/",
+        "/a/b",
+        "/.",
+        "/..",
+        "/a b",
+    ] {
+        let rust = ocellus_shm::segment_name(name).is_ok() && name.starts_with('/');
+        let want = format!("name {name} {}", i32::from(rust));
+        assert!(text.lines().any(|l| l == want), "{want} in\n{text}");
+    }
+    assert!(text.contains(&format!("open {empty} -1")), "{text}");
+    assert!(text.contains(&format!("open {short} -4")), "{text}");
+}
+
+/// The C header reads what the Rust writer wrote into the prompt table and the status block (including the
+/// last-overrun words), as docs/shm-layout.md lays them out.
+#[test]
+fn the_c_header_reads_the_prompt_table_and_the_status_block() {
+    use ocellus_shm::{CameraCounters, Dims, LatentsDtype, ShmWriter, WriterConfig};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let exe = tmp.path().join("shm_rules");
+    compile_file("cc", "-std=c99", "c", "tests/c/shm_rules.c", &exe);
+    let name = format!("/ocellus-rules-table-{}", std::process::id());
+    let dims = Dims {
+        cameras: 1,
+        embed_dim: 4,
+        num_latents: 2,
+        latent_dim: 2,
+        max_prompts: 4,
+        latents_dtype: LatentsDtype::F32,
+    };
+    let mut w = ShmWriter::create(&WriterConfig::new(name.as_str(), dims)).expect("create");
+    let empty = Command::new(&exe).arg(&name).output().expect("run");
+    let empty = String::from_utf8_lossy(&empty.stdout).into_owned();
+    assert!(
+        empty.contains("prompts v0 n0\n"),
+        "an empty table before the first sample: {empty}"
+    );
+    w.set_prompts(7, &["a cat", "a dog"]).expect("prompts");
+    let mut late = [0u64; 7];
+    late[2] = 3;
+    w.set_counters(
+        0,
+        &CameraCounters {
+            captured: 12,
+            dropped: 2,
+            late,
+            flags: 1 << 16,
+            last_overrun_ns: 4_500_000,
+            last_late_stages: 0b100,
+            ..CameraCounters::default()
+        },
+    );
+    w.set_memory_high_water(123_456_789);
+    let out = Command::new(&exe).arg(&name).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    drop(w);
+    assert!(text.contains("prompts v7 n2 [a cat] [a dog]\n"), "{text}");
+    assert!(
+        text.contains(
+            "counters captured 12 dropped 2 late2 3 flags 65536 overrun 4500000 stages 4\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("hwm 123456789\n"), "{text}");
 }

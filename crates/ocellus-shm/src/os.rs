@@ -8,17 +8,11 @@ use std::ptr::NonNull;
 
 use super::sync::AtomicU64;
 
-/// A POSIX shared-memory name: `/` followed by 1..=254 bytes without `/` or NUL.
+/// The segment name as a C string, if it follows [`crate::segment_name`]'s rule.
 pub fn check_name(name: &str) -> Result<CString, String> {
-    let rest = name
-        .strip_prefix('/')
-        .ok_or_else(|| format!("shared-memory name {name:?} must start with '/'"))?;
-    if rest.is_empty() || rest.len() > 254 || rest.contains('/') || rest == "." || rest == ".." {
-        return Err(format!(
-            "shared-memory name {name:?} must be '/' then 1 to 254 bytes without '/'"
-        ));
-    }
-    CString::new(name).map_err(|_| format!("shared-memory name {name:?} contains a NUL byte"))
+    let name = crate::segment_name(name)?;
+    CString::new(name.as_str())
+        .map_err(|_| format!("shared-memory name {name:?} contains a NUL byte"))
 }
 
 /// `shm_open(name, flags, mode)`, close-on-exec.
