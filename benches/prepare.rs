@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fast_image_resize as fr;
-use ocellus::config::{CameraConfig, SourceConfig};
 use ocellus::frame::{FrameBuf, PixelFormat};
 use ocellus::manifest::{ChannelOrder, Crop, Interpolation, Preprocess, ResizeMode};
 use ocellus::prepare::{crop_box, Preparer};
+use ocellus::source::{CameraSettings, SourceSettings};
 use ocellus::source::{FrameSource, SyntheticSource};
 
 const SIZES: [(u32, u32); 2] = [(640, 480), (1280, 720)];
@@ -34,9 +34,9 @@ fn preprocess(side: usize) -> Preprocess {
 }
 
 fn frame(format: PixelFormat, width: u32, height: u32) -> FrameBuf {
-    let camera = CameraConfig {
+    let camera = CameraSettings {
         name: "bench".into(),
-        source: SourceConfig::Synthetic {
+        source: SourceSettings::Synthetic {
             seed: 3,
             hold_frames: 30,
         },

@@ -20,7 +20,7 @@
 //! * **Exhaustion** never fails an allocation: a request the region cannot serve (full, or too large) goes
 //!   to the system allocator, is counted in [`AllocStats::fallbacks`], and the first one prints a warning
 //!   to stderr (with one `write(2)`, no allocation).
-//! * **Counting**: every allocation of a registered thread is counted per [`Role`], as served by the
+//! * **Counting**: every allocation of a registered thread is counted per [`ThreadRole`], as served by the
 //!   region or by the system. [`stats`] reads the counters; `system` allocations of frame-path threads
 //!   after warm-up are what the real-time contract says are zero (tests/alloc_zero.rs checks 1,000 frames).
 //!
@@ -37,6 +37,7 @@
 
 mod os;
 
+use crate::thread::ThreadRole;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt::Write as _;
@@ -45,35 +46,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
 pub use os::{mapped_file_bytes, memlock_limit, page_size, process_memory, ProcessMemory};
 
-/// What a registered thread does on the frame path; allocations are counted per role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Role {
-    /// A camera's capture thread (`ocellus-cam<N>`).
-    Capture = 1,
-    /// The inference thread (`ocellus-infer`): preparation, both models, scoring, publishing.
-    Inference = 2,
-    /// One of tract's matrix-product workers (`ocellus-mm-<i>`, with `model.threads` > 1).
-    Worker = 3,
+/// `[memory]`: the frame-path region and the memory lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySettings {
+    /// Lock all of the process's memory (`mlockall`) before the pipeline starts.
+    pub lock: bool,
+    /// Refuse to start when the lock fails (otherwise warn and run unlocked).
+    pub lock_required: bool,
+    /// Size of the frame-path region in MiB; `None`: sized from the planned models.
+    pub arena_mib: Option<u64>,
 }
 
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Capture, Role::Inference, Role::Worker];
-
-    fn from_u8(v: u8) -> Option<Role> {
-        match v {
-            1 => Some(Role::Capture),
-            2 => Some(Role::Inference),
-            3 => Some(Role::Worker),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Capture => "capture",
-            Role::Inference => "inference",
-            Role::Worker => "worker",
+impl Default for MemorySettings {
+    fn default() -> Self {
+        MemorySettings {
+            lock: true,
+            lock_required: false,
+            arena_mib: None,
         }
     }
 }
@@ -85,7 +74,7 @@ thread_local! {
 
 /// Marks the calling thread as a frame-path thread: its allocations are served by the region (once
 /// [`reserve`]d) and counted under `role`. Allocates nothing; call it first thing in the thread.
-pub fn register_thread(role: Role) {
+pub fn register_thread(role: ThreadRole) {
     ROLE.set(role as u8);
 }
 
@@ -95,8 +84,8 @@ pub fn unregister_thread() {
 }
 
 /// The calling thread's role, if it registered.
-pub fn current_role() -> Option<Role> {
-    Role::from_u8(ROLE.get())
+pub fn current_role() -> Option<ThreadRole> {
+    ThreadRole::from_u8(ROLE.get())
 }
 
 // ---- counters ----
@@ -149,11 +138,11 @@ pub struct AllocStats {
 
 impl AllocStats {
     /// The counts of `role`.
-    pub fn role(&self, role: Role) -> RoleCounts {
+    pub fn role(&self, role: ThreadRole) -> RoleCounts {
         match role {
-            Role::Capture => self.capture,
-            Role::Inference => self.inference,
-            Role::Worker => self.worker,
+            ThreadRole::Capture => self.capture,
+            ThreadRole::Inference => self.inference,
+            ThreadRole::Worker => self.worker,
         }
     }
 
@@ -185,7 +174,7 @@ impl AllocStats {
 
 /// The allocator's counters and the region's use now. Allocation-free.
 pub fn stats() -> AllocStats {
-    let counts = |role: Role| RoleCounts {
+    let counts = |role: ThreadRole| RoleCounts {
         system: COUNTERS.system[role as usize].load(Relaxed),
         region: COUNTERS.region[role as usize].load(Relaxed),
     };
@@ -198,9 +187,9 @@ pub fn stats() -> AllocStats {
     });
     AllocStats {
         installed: INSTALLED.load(Relaxed),
-        capture: counts(Role::Capture),
-        inference: counts(Role::Inference),
-        worker: counts(Role::Worker),
+        capture: counts(ThreadRole::Capture),
+        inference: counts(ThreadRole::Inference),
+        worker: counts(ThreadRole::Worker),
         fallbacks: COUNTERS.fallbacks.load(Relaxed),
         region_bytes,
         region_high_water,

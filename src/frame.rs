@@ -272,12 +272,6 @@ impl FramePool {
     }
 }
 
-/// Now on CLOCK_MONOTONIC in nanoseconds: the clock V4L2 stamps buffers with, so synthetic, replay and camera
-/// frames are timed alike.
-pub fn monotonic_ns() -> u64 {
-    crate::shm::os::monotonic_ns()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,12 +314,5 @@ mod tests {
         pool.give(b).expect("own buffer returns");
         assert!(pool.give(FrameBuf::new(16)).is_err(), "pool is full");
         assert_eq!(pool.available(), 2);
-    }
-
-    #[test]
-    fn monotonic_clock_advances() {
-        let a = monotonic_ns();
-        let b = monotonic_ns();
-        assert!(a > 0 && b >= a);
     }
 }

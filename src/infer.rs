@@ -14,7 +14,7 @@ mod verify;
 
 use std::time::{Duration, Instant};
 
-use crate::manifest::{Manifest, Role, Variant};
+use crate::manifest::{Manifest, ModelRole, Variant};
 
 pub use plan::PlanMemory;
 pub(crate) use plan::{Executor, Planned};
@@ -55,7 +55,28 @@ pub struct EngineMemory {
     pub output_bytes: u64,
 }
 
+/// The frame-path region holds the tensors one run of both models produces, plus this percentage for the
+/// size classes' rounding (at most a quarter) and alignment...
+pub const ARENA_TENSOR_PERCENT: u64 = 125;
+/// ...plus this much for tract's small per-run allocations (shapes, value lists) and its per-thread op
+/// scratch space, which stays in the region once made.
+pub const ARENA_SLACK_BYTES: u64 = 2 << 20;
+
 impl EngineMemory {
+    /// Bytes of the weights the engine holds.
+    pub fn weight_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.weight_bytes).sum()
+    }
+
+    /// The frame-path region this engine's runs need: the per-run tensors of both models (every tensor of a
+    /// run, as if none were freed before the run ends) times [`ARENA_TENSOR_PERCENT`] plus
+    /// [`ARENA_SLACK_BYTES`]. A segregated-fit heap never needs more than one run's allocations once it is
+    /// warm: the second run finds every block the first one carved free again.
+    pub fn arena_bytes(&self) -> u64 {
+        (self.encoder.tensor_bytes + self.resampler.tensor_bytes) * ARENA_TENSOR_PERCENT / 100
+            + ARENA_SLACK_BYTES
+    }
+
     /// Weights plus the per-run tensors of both models plus inputs and outputs: an upper bound of what
     /// one frame of inference touches (op scratch space aside).
     pub fn total_bytes(&self) -> u64 {
@@ -75,9 +96,12 @@ pub enum InferError {
     #[error("the VisionOutput does not fit this engine ({problem}): allocate it with Engine::new_output")]
     OutputShape { problem: String },
     #[error("the {role} model failed: {message}")]
-    Tract { role: Role, message: String },
+    Tract { role: ModelRole, message: String },
     #[error("the {role} model produced a non-finite {output}: the model or its int8 quantisation is broken; re-export it")]
-    NonFinite { role: Role, output: &'static str },
+    NonFinite {
+        role: ModelRole,
+        output: &'static str,
+    },
 }
 
 /// Builds the executor for `threads` worker threads of tract's matrix products.
@@ -90,8 +114,8 @@ pub(crate) fn executor(threads: usize) -> Result<Executor, LoadError> {
         1 => Ok(Executor::SingleThread),
         n => rayon::ThreadPoolBuilder::new()
             .num_threads(n)
-            .thread_name(|i| format!("ocellus-mm-{i}"))
-            .start_handler(|_| crate::alloc::register_thread(crate::alloc::Role::Worker))
+            .thread_name(|i| format!("{}{i}", crate::thread::WORKER_PREFIX))
+            .start_handler(|_| crate::alloc::register_thread(crate::thread::ThreadRole::Worker))
             .build()
             .map(|pool| Executor::MultiThread(std::sync::Arc::new(pool)))
             .map_err(|e| LoadError::Threads {
@@ -134,9 +158,13 @@ impl Engine {
         variant: Variant,
         threads: usize,
     ) -> Result<Engine, LoadError> {
-        check_manifest(manifest, variant, &[Role::Vision, Role::Resampler])?;
-        let vision = read_verified(manifest, Role::Vision, variant)?;
-        let resampler = read_verified(manifest, Role::Resampler, variant)?;
+        check_manifest(
+            manifest,
+            variant,
+            &[ModelRole::Vision, ModelRole::Resampler],
+        )?;
+        let vision = read_verified(manifest, ModelRole::Vision, variant)?;
+        let resampler = read_verified(manifest, ModelRole::Resampler, variant)?;
         let files = vec![vision.size.clone(), resampler.size.clone()];
         let executor = executor(threads)?;
         let encoder = Planned::build(vision, executor.clone())?;
@@ -165,7 +193,7 @@ impl Engine {
         let pre = &manifest.preprocess;
         // check_manifest guarantees the vision entry's patch_tokens is [1, N, D].
         let patch = manifest
-            .file(Role::Vision, variant)
+            .file(ModelRole::Vision, variant)
             .and_then(|e| e.outputs.iter().find(|s| s.name == "patch_tokens"))
             .map(|s| (s.shape[1], s.shape[2]))
             .ok_or_else(|| missing(&encoder, "patch_tokens entry"))?;
@@ -242,7 +270,7 @@ impl Engine {
             });
         }
         self.check_output(out)?;
-        let failed = |role: Role| {
+        let failed = |role: ModelRole| {
             move |e: anyhow::Error| InferError::Tract {
                 role,
                 message: format!("{e:#}"),
@@ -252,11 +280,13 @@ impl Engine {
         let start = Instant::now();
         self.encoder
             .with_input(0, |input: &mut [f32]| input.copy_from_slice(pixel_values))
-            .map_err(failed(Role::Vision))?;
-        let mut encoded = self.encoder.run().map_err(failed(Role::Vision))?;
-        let embeds = read_f32(&encoded, self.image_embeds_out).map_err(failed(Role::Vision))?;
+            .map_err(failed(ModelRole::Vision))?;
+        let mut encoded = self.encoder.run().map_err(failed(ModelRole::Vision))?;
+        let embeds =
+            read_f32(&encoded, self.image_embeds_out).map_err(failed(ModelRole::Vision))?;
         out.image_embeds.copy_from_slice(embeds);
-        let tokens = read_f32(&encoded, self.patch_tokens_out).map_err(failed(Role::Vision))?;
+        let tokens =
+            read_f32(&encoded, self.patch_tokens_out).map_err(failed(ModelRole::Vision))?;
         out.patch_tokens.copy_from_slice(tokens);
         // Moved, not cloned: the resampler holds the only reference and may reuse the buffer.
         let tokens: TValue = encoded.swap_remove(self.patch_tokens_out);
@@ -267,21 +297,22 @@ impl Engine {
         let resampled = self
             .resampler
             .run_with(std::iter::once(tokens).collect())
-            .map_err(failed(Role::Resampler))?;
-        let latents = read_f32(&resampled, self.latents_out).map_err(failed(Role::Resampler))?;
+            .map_err(failed(ModelRole::Resampler))?;
+        let latents =
+            read_f32(&resampled, self.latents_out).map_err(failed(ModelRole::Resampler))?;
         out.latents.copy_from_slice(latents);
         drop(resampled);
         let resampler = start.elapsed();
 
         if !l2_normalise(&mut out.image_embeds) {
             return Err(InferError::NonFinite {
-                role: Role::Vision,
+                role: ModelRole::Vision,
                 output: "image_embeds",
             });
         }
         if !out.latents.iter().all(|x| x.is_finite()) {
             return Err(InferError::NonFinite {
-                role: Role::Resampler,
+                role: ModelRole::Resampler,
                 output: "latents",
             });
         }

@@ -8,12 +8,12 @@
 //!
 //! # Real-time contract
 //!
-//! * **Allocated at start-up** ([`Pipeline::new`], then [`budget::take`]): every camera's pool of frame
-//!   buffers (sized for the largest frame it can deliver), the handoff slots, the preparers and the
-//!   model-input tensor, the engine's planned models and its [`VisionOutput`], the score buffer (sized to
-//!   `prompts.max`), the latency histograms and counters ([`Stats`]), the shared-memory segment, and the
-//!   frame-path memory region ([`alloc`]) that tract's per-run tensors come from. Their total is checked
-//!   against `budgets.memory-mib` before the models are loaded and again once they are planned
+//! * **Allocated at start-up** ([`Runtime::build`]): every camera's pool of frame buffers (sized for the
+//!   largest frame it can deliver), the handoff slots, the preparers and the model-input tensor, the
+//!   engine's planned models and its [`VisionOutput`], the score buffer (sized to `prompts.max`), the latency
+//!   histograms and counters ([`Stats`]), the shared-memory segment, and the frame-path memory region
+//!   ([`alloc`]) that tract's per-run tensors come from. Their total is checked against
+//!   `budgets.memory-mib` before the models are loaded and again once they are planned
 //!   ([`budget::MemoryPlan`]); with `memory.lock` the whole process is then locked in memory (`mlockall`).
 //! * **Never allocates from the system** on the frame path (the capture threads, the inference thread and
 //!   tract's matrix-product workers, after the first frames): taking and returning pooled buffers, the
@@ -34,13 +34,28 @@
 //! * **Never panics on input**: a source error is counted and the source restarted with backoff, a
 //!   corrupt frame is counted and skipped, a failed model run is counted and skipped.
 //!
-//! # Entry points
+//! # Layers
 //!
-//! [`Config`] (one TOML file) -> [`Manifest`] + [`Engine`] + [`TextEncoder`] -> [`Pipeline`], or the
-//! `ocellus` binary (`ocellus run | check | infer`), which does exactly that.
+//! Modules import only from layers below their own (docs/architecture.md has the map; tests/layers.rs
+//! enforces it): the leaves (`clock`, `thread`, `alloc`, `budget`, `manifest`, `scene`, and the
+//! [`shm`] crate), then `frame`, `stats`, `rt`; the components `source`, `prepare`, `infer`, `prompts`;
+//! `sink` and `notify`; the frame path `pipeline`; `config`, which fills in the components' settings; and
+//! `runtime`, which assembles everything. `unsafe` lives only in the OS leaves (`alloc`, `rt::os`,
+//! `source::v4l2::sys`, and the shm crate's `os`).
+//!
+//! # Entry point
+//!
+//! [`Config`] (one TOML file) -> [`Runtime::build`] -> `start` / `wait` / `stop`, or the `ocellus` binary
+//! (`ocellus run | check | bench | infer`), which does exactly that.
 
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(unreachable_pub)]
+
+#[allow(unsafe_code)]
 pub mod alloc;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod frame;
 pub mod infer;
@@ -50,18 +65,24 @@ pub mod pipeline;
 pub mod prepare;
 pub mod prompts;
 pub mod rt;
+pub mod runtime;
 pub mod scene;
-pub mod shm;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod thread;
+
+/// The shared-memory segment: layout, writer and reader (the `ocellus-shm` crate, which control loops link
+/// on its own).
+pub use ocellus_shm as shm;
 
 pub use config::Config;
 pub use frame::{FrameBuf, FrameMeta, PixelFormat};
 pub use infer::{Engine, VisionOutput};
 pub use manifest::Manifest;
-pub use pipeline::{FrameResult, Pipeline, PipelineSettings};
+pub use pipeline::{Pipeline, PipelineSettings};
 pub use prompts::{PromptSet, TextEncoder};
-pub use sink::{Sink, SinkError};
+pub use runtime::{Runtime, RuntimeOptions};
+pub use sink::{FrameResult, Sink, SinkError};
 pub use source::FrameSource;
 pub use stats::Stats;

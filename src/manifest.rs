@@ -105,7 +105,7 @@ pub struct Resampler {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub enum ModelRole {
     Vision,
     Resampler,
     Text,
@@ -129,12 +129,12 @@ impl std::fmt::Display for Variant {
     }
 }
 
-impl std::fmt::Display for Role {
+impl std::fmt::Display for ModelRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Role::Vision => "vision",
-            Role::Resampler => "resampler",
-            Role::Text => "text",
+            ModelRole::Vision => "vision",
+            ModelRole::Resampler => "resampler",
+            ModelRole::Text => "text",
         })
     }
 }
@@ -165,7 +165,7 @@ pub struct Parity {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
-    pub role: Role,
+    pub role: ModelRole,
     pub variant: Variant,
     pub path: String,
     pub size: u64,
@@ -232,7 +232,7 @@ impl Manifest {
     }
 
     /// The file entry for `role` and `variant`, if the bundle has one.
-    pub fn file(&self, role: Role, variant: Variant) -> Option<&FileEntry> {
+    pub fn file(&self, role: ModelRole, variant: Variant) -> Option<&FileEntry> {
         self.files
             .iter()
             .find(|f| f.role == role && f.variant == variant)

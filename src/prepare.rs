@@ -198,6 +198,27 @@ impl Preparer {
         })
     }
 
+    /// Scratch a preparer for `format` frames of `width` x `height` into `pre` holds, for the memory budget
+    /// (an upper bound, known before one is made): the RGB conversion, the horizontal pass's rows, the resized
+    /// image, the resize coefficients and the normalisation table.
+    pub fn scratch_bytes(pre: &Preprocess, format: PixelFormat, width: u32, height: u32) -> u64 {
+        let (w, h) = (width as u64, height as u64);
+        let (ow, oh) = (pre.width as u64, pre.height as u64);
+        let c = if format == PixelFormat::Grey { 1 } else { 3 };
+        let rgb = if format == PixelFormat::Rgb24 {
+            0
+        } else {
+            w * h * c
+        };
+        let tmp = ow * h * c;
+        let resized = ow * oh * c;
+        // Pillow's kernels: support 2 (bicubic) times the downscale factor, each side, per output pixel.
+        let taps = |input: u64, output: u64| 2 * (2 * input).div_ceil(output.max(1)) + 1;
+        let coefficients = (ow * (taps(w, ow) * 4 + 16)) + (oh * (taps(h, oh) * 4 + 16));
+        let lut = 3 * 256 * 4;
+        rgb + tmp + resized + coefficients + lut
+    }
+
     /// Floats `prepare` writes: 3 x H x W.
     pub fn output_len(&self) -> usize {
         3 * self.out_h * self.out_w

@@ -14,9 +14,9 @@ mod memory_support;
 
 use std::time::Duration;
 
-use ocellus::alloc::{self, AllocStats, Role};
-use ocellus::budget;
+use ocellus::alloc::{self, AllocStats};
 use ocellus::config::Config;
+use ocellus::thread::ThreadRole;
 
 use memory_support::{build, config, config_with_threads, processed, run_until, shm_name};
 
@@ -30,8 +30,9 @@ const WATCHDOG: Duration = Duration::from_secs(600);
 /// Runs `config`'s pipeline for `WARM_UP` frames, then `FRAMES` more; returns the allocator's snapshots at
 /// both ends of that window and the frames in it.
 fn measure(config: &Config, what: &str) -> (AllocStats, AllocStats, u64, u64) {
-    let (mut pipeline, plan) = build(config, &shm_name(what));
-    let taken = budget::take(&plan, &config.memory).unwrap_or_else(|e| panic!("{e}"));
+    let mut pipeline = build(config, &shm_name(what));
+    let plan = pipeline.plan().clone();
+    let taken = *pipeline.taken().expect("the runtime took its memory");
     assert!(
         alloc::stats().installed,
         "the test's global allocator is ocellus::alloc::Allocator"
@@ -54,7 +55,7 @@ fn measure(config: &Config, what: &str) -> (AllocStats, AllocStats, u64, u64) {
 
 fn assert_no_system_allocation(d: &AllocStats, frames: u64, what: &str) {
     assert!(frames >= FRAMES);
-    for role in Role::ALL {
+    for role in ThreadRole::ALL {
         assert_eq!(
             d.role(role).system,
             0,
@@ -118,7 +119,7 @@ fn frame_path_makes_no_system_allocation_after_warm_up() {
     // A region block freed by another thread goes back to the region; growing one keeps its bytes.
     // (Other threads may still free region blocks meanwhile: the engines' workers exit on their own.)
     let block = std::thread::spawn(|| {
-        alloc::register_thread(Role::Worker);
+        alloc::register_thread(ThreadRole::Worker);
         let mut v: Vec<u32> = (0..1000).collect();
         assert!(alloc::region_contains(v.as_ptr().cast()));
         v.extend(1000..100_000u32);
@@ -141,7 +142,7 @@ fn frame_path_makes_no_system_allocation_after_warm_up() {
 
     // A request the region cannot hold is served by the system allocator and counted, never a crash.
     let stats = alloc::stats();
-    alloc::register_thread(Role::Worker);
+    alloc::register_thread(ThreadRole::Worker);
     let big = vec![1u8; stats.region_bytes as usize + 4096];
     alloc::unregister_thread();
     let over = alloc::stats().since(&stats);

@@ -146,7 +146,9 @@ fn bench_reports_every_field_and_plots_bars() {
         (fps - 30.0 / num(&r["duration_s"], "duration")).abs() < 1e-6 * fps,
         "{r:#}"
     );
-    assert!(r["captured"].as_u64().unwrap() >= 30, "{r:#}");
+    // Every frame published in the window was captured, all but at most two of them inside it (one may wait in
+    // the handoff slot and one be in the inference thread's hands when the window opens).
+    assert!(r["captured"].as_u64().unwrap() >= 30 - 2, "{r:#}");
     assert!(r["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
     // The binary installs the counting allocator: per frame, all frame-path threads' allocations.
     let apf = num(&r["allocations_per_frame"], "allocations_per_frame");

@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use ocellus::config::{Config, Origin, SourceConfig, SourceKind, StallTimeout};
+use ocellus::config::{Config, Origin};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::prepare::Preparer;
+use ocellus::source::{SourceKind, SourceSettings, StallTimeout};
 use ocellus::PixelFormat;
 
 /// Where the package installs the demo bundle; the shipped configs name it.
@@ -58,7 +59,7 @@ fn jetson_orin_config_loads_with_two_v4l2_cameras_by_id() {
     assert_eq!(names, ["front", "rear"]);
     for cam in &config.cameras {
         assert_eq!(cam.kind(), SourceKind::V4l2, "camera {}", cam.name);
-        let SourceConfig::V4l2 { device, stall, .. } = &cam.source else {
+        let SourceSettings::V4l2 { device, stall, .. } = &cam.source else {
             unreachable!()
         };
         assert!(

@@ -12,8 +12,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use ocellus::alloc;
-use ocellus::budget::{self, MemoryPlan};
+use ocellus::budget::MemoryPlan;
 use ocellus::manifest::Manifest;
+use ocellus::runtime::memory;
 
 use memory_support::{build, config, processed, root, run_until, shm_name};
 
@@ -211,8 +212,8 @@ fn the_estimate_counts_what_the_config_asks_for() {
         1080,
         "[budgets]\nmemory-mib = 64\n[prompts]\nmax = 1024\n",
     );
-    let a = MemoryPlan::estimate(&small, &manifest, true);
-    let b = MemoryPlan::estimate(&big, &manifest, true);
+    let a = memory::plan(&small, &manifest, true, None);
+    let b = memory::plan(&big, &manifest, true, None);
     let pools = |p: &MemoryPlan| p.part("frame pools").map(|p| p.bytes).unwrap_or(0);
     assert_eq!(pools(&a), 4 * 640 * 480 * 2);
     assert_eq!(pools(&b), 3 * 4 * 1920 * 1080 * 3);
@@ -220,7 +221,7 @@ fn the_estimate_counts_what_the_config_asks_for() {
     let shm = |p: &MemoryPlan| p.part("shared-memory segment").map(|p| p.bytes);
     assert!(shm(&b) > shm(&a));
     assert_eq!(
-        MemoryPlan::estimate(&small, &manifest, false)
+        memory::plan(&small, &manifest, false, None)
             .part("shared-memory segment")
             .map(|p| p.bytes),
         Some(0)
@@ -240,8 +241,9 @@ fn resident_memory_stays_within_the_plan_and_does_not_grow_over_10000_frames() {
     const FRAMES: u64 = 10_000;
     const WARM_UP: u64 = 200;
     let config = config(1, "yuyv", 320, 240, "[memory]\nlock = true\n");
-    let (mut pipeline, plan) = build(&config, &shm_name("rss"));
-    let taken = budget::take(&plan, &config.memory).unwrap_or_else(|e| panic!("{e}"));
+    let mut pipeline = build(&config, &shm_name("rss"));
+    let plan = pipeline.plan().clone();
+    let taken = *pipeline.taken().expect("the runtime took its memory");
     let started = alloc::stats();
     pipeline.start().unwrap_or_else(|e| panic!("{e}"));
     let t0 = std::time::Instant::now();
@@ -309,7 +311,7 @@ fn memory_keys_are_validated() {
         )
     };
     let d = parse("").unwrap_or_else(|e| panic!("{e}")).memory;
-    assert_eq!(d, budget::MemoryConfig::default());
+    assert_eq!(d, ocellus::alloc::MemorySettings::default());
     assert!(d.lock && !d.lock_required && d.arena_mib.is_none());
     let m = parse("[memory]\nlock = true\nlock-required = true\narena-mib = 24\n")
         .unwrap_or_else(|e| panic!("{e}"))

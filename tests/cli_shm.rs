@@ -234,3 +234,85 @@ fn read_and_top_see_a_writer_and_follow_it_through_kill_9_and_restart() {
         show()
     );
 }
+
+/// Issue 11's bug, end to end: `ocellus run` with `prompts.max = 4` and a watched prompts file of 2 prompts;
+/// the file grows to 6 while it runs. The bigger set must be refused (it cannot fit the score buffers and the
+/// segment's table, both sized at start-up): frames keep the 2-prompt set's scores and are not flagged
+/// degraded. (Before the fix the watcher took the 6 prompts and every later frame was published degraded,
+/// without scores.)
+#[test]
+fn a_prompts_file_grown_past_prompts_max_while_running_is_refused() {
+    use ocellus::shm::{layout, ShmReader};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "a red circle\na blue square\n").expect("write prompts");
+    let config = dir.path().join("ocellus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[camera]]\nsource = \"synthetic\"\nfps = 30\n\n[model]\nmanifest = \"{}\"\n\n\
+             [prompts]\nfile = \"prompts.txt\"\nmax = 4\n\n[budgets]\nend-to-end-ms = 1000\n",
+            root().join("models/demo/manifest.toml").display()
+        ),
+    )
+    .expect("write config");
+    let mut guard = Guard {
+        name: format!("ocellus-test-prompts-max-{}", std::process::id()),
+        children: Vec::new(),
+    };
+    let name = guard.name.clone();
+    guard.spawn(
+        ocellus()
+            .args(["-q", "run", "--status-interval", "0", "--duration", "60"])
+            .arg("--config")
+            .arg(&config)
+            .args(["--shm", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let mut reader = wait_for(
+        "the writer's first sample",
+        || {
+            let mut r = ShmReader::open(&name).ok()?;
+            let mut s = r.new_sample();
+            r.read_latest(0, &mut s).ok()?;
+            Some(r)
+        },
+        || format!("segment {name}"),
+    );
+    let mut sample = reader.new_sample();
+    let before = reader.read_latest(0, &mut sample).expect("read").sequence;
+    assert_eq!(sample.num_scores, 2);
+
+    std::fs::write(
+        &prompts,
+        "a red circle\na blue square\na green triangle\na yellow cross\na red square\na blue circle\n",
+    )
+    .expect("grow the prompts file");
+    // The watcher polls every 250 ms: look at frames published over the next 2 s (about 60 frames).
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut checked = 0;
+    let mut last = before;
+    while Instant::now() < until || checked < 10 {
+        let info = reader.read_latest(0, &mut sample).expect("read");
+        if info.sequence != last {
+            last = info.sequence;
+            checked += 1;
+            assert_eq!(
+                sample.meta.flags & layout::FLAG_DEGRADED,
+                0,
+                "frame {} published degraded after the prompts file outgrew prompts.max",
+                info.sequence
+            );
+            assert_eq!(sample.num_scores, 2, "frame {}", info.sequence);
+        }
+        assert!(
+            Instant::now() < until + WATCHDOG,
+            "watchdog: too few new frames"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let table = reader.prompts().expect("prompt table");
+    assert_eq!(table.labels, ["a red circle", "a blue square"]);
+}

@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ocellus::config::{Config, ConfigError, LogFormat, Origin, SourceConfig, SourceKind};
+use ocellus::config::{Config, ConfigError, LogFormat, Origin};
 use ocellus::frame::PixelFormat;
 use ocellus::manifest::Variant;
 use ocellus::source::write_raw_file;
+use ocellus::source::{SourceKind, SourceSettings};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,7 +32,7 @@ fn embedded_default_loads() {
     assert!(config.model.manifest.ends_with("models/demo/manifest.toml"));
     assert_eq!(config.prompts.labels.len(), 16);
     assert_eq!(config.prompts.labels[0], "a red circle");
-    assert_eq!(config.prompts.load(&config.origin).unwrap().len(), 16);
+    assert_eq!(config.prompts.current().unwrap().len(), 16);
     assert_eq!(config.budgets.prepare, Duration::from_millis(5));
     assert_eq!(config.shm.mode, 0o640);
     assert_eq!(Config::load_or_default(None).unwrap(), config);
@@ -65,7 +66,7 @@ fn every_key_of_a_full_config_is_read() {
     assert_eq!(front.name, "front");
     assert_eq!(
         front.source,
-        SourceConfig::Synthetic {
+        SourceSettings::Synthetic {
             seed: 42,
             hold_frames: 5
         }
@@ -84,10 +85,10 @@ fn every_key_of_a_full_config_is_read() {
     let rear = &config.cameras[1];
     assert_eq!(
         rear.source,
-        SourceConfig::V4l2 {
+        SourceSettings::V4l2 {
             device: "/dev/video2".into(),
             buffers: 4,
-            stall: ocellus::config::StallTimeout::Periods(10),
+            stall: ocellus::source::StallTimeout::Periods(10),
         }
     );
     assert_eq!(rear.pool_size, 4);
@@ -101,11 +102,11 @@ fn every_key_of_a_full_config_is_read() {
         Some(dir.join("prompts.txt").as_path())
     );
     assert_eq!(
-        config.prompts.load(&config.origin).unwrap(),
+        config.prompts.current().unwrap(),
         ["a red circle", "a blue square", "a green cross"]
     );
     assert_eq!(config.budgets.memory_mib, 256);
-    assert_eq!(config.budgets.capture, Duration::from_secs_f64(0.0333));
+    assert_eq!(config.budgets.dequeue, Duration::from_secs_f64(0.0333));
     assert_eq!(config.budgets.end_to_end, Duration::from_millis(80));
     assert_eq!(config.budgets.encoder, Duration::from_millis(50));
     assert_eq!(config.shm.name, "ocellus-test");
@@ -150,12 +151,23 @@ const BAD: &[(&str, &str, &str)] = &[
         "camera[0].device",
         "/dev/video0",
     ),
-    (
-        "missing_replay_path.toml",
-        "camera[0].path",
-        "no/such/recording.raw",
-    ),
 ];
+
+/// Parsing reads no other file: a replay path that does not exist is found when the runtime is built
+/// (`ocellus check`, `ocellus run`), and that error names the key too.
+#[test]
+fn a_missing_replay_path_is_found_at_start_up_naming_the_key() {
+    let path = fixture("missing_replay_path.toml");
+    let config = Config::load(&path).expect("parsing does not look at the path");
+    let err = ocellus::runtime::probe_camera(&config, 0).expect_err("missing recording");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("config {}: camera[0].path: ", path.display())),
+        "{message}"
+    );
+    assert!(message.contains("no/such/recording.raw"), "{message}");
+    assert_eq!(err.kind.exit_code(), 2);
+}
 
 #[test]
 fn bad_configs_name_the_file_and_the_key() {
@@ -204,7 +216,7 @@ fn a_missing_file_is_an_error_naming_it() {
 }
 
 /// A replay camera must ask for what its recording holds (format and size); an image directory delivers rgb24
-/// or mjpeg.
+/// or mjpeg. Checked at start-up (the runtime's camera probe), naming the key.
 #[test]
 fn replay_cameras_must_match_their_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,27 +235,32 @@ fn replay_cameras_must_match_their_files() {
         std::fs::write(&path, text).unwrap();
         path
     };
+    let probe = |path: &Path| {
+        let config = Config::load(path).expect("parses");
+        ocellus::runtime::probe_camera(&config, 0).map_err(|e| e.to_string())
+    };
     let ok = write("[[camera]]\nsource = \"replay\"\npath = \"rec.raw\"\npixel-format = \"nv12\"\nwidth = 32\nheight = 16\n");
+    probe(&ok).expect("matching replay camera");
     let config = Config::load(&ok).expect("matching replay camera");
     assert_eq!(
         config.cameras[0].source,
-        SourceConfig::Replay {
+        SourceSettings::Replay {
             path: raw.clone(),
             looping: true
         }
     );
 
     let wrong_format = write("[[camera]]\nsource = \"replay\"\npath = \"rec.raw\"\npixel-format = \"yuyv\"\nwidth = 32\nheight = 16\n");
-    let err = Config::load(&wrong_format).expect_err("format the recording does not hold");
-    assert_eq!(err.key(), Some("camera[0].pixel-format"), "{err}");
+    let err = probe(&wrong_format).expect_err("format the recording does not hold");
+    assert!(err.contains("camera[0].pixel-format: "), "{err}");
     assert!(
-        err.to_string().contains("cannot deliver yuyv") && err.to_string().contains("nv12"),
+        err.contains("cannot deliver yuyv") && err.contains("nv12"),
         "{err}"
     );
 
     let wrong_size = write("[[camera]]\nsource = \"replay\"\npath = \"rec.raw\"\npixel-format = \"nv12\"\nwidth = 64\nheight = 16\n");
-    let err = Config::load(&wrong_size).expect_err("size the recording does not hold");
-    assert_eq!(err.key(), Some("camera[0].width"), "{err}");
+    let err = probe(&wrong_size).expect_err("size the recording does not hold");
+    assert!(err.contains("camera[0].width: "), "{err}");
 
     // A directory of PNGs delivers rgb24, not mjpeg.
     let images = dir.path().join("images");
@@ -257,10 +274,10 @@ fn replay_cameras_must_match_their_files() {
         .write_image_data(&[7u8; 24])
         .unwrap();
     let mjpeg = write("[[camera]]\nsource = \"replay\"\npath = \"images\"\npixel-format = \"mjpeg\"\nwidth = 4\nheight = 2\n");
-    let err = Config::load(&mjpeg).expect_err("png directory as mjpeg");
-    assert!(err.to_string().contains("rgb24"), "{err}");
+    let err = probe(&mjpeg).expect_err("png directory as mjpeg");
+    assert!(err.contains("rgb24"), "{err}");
     let rgb = write("[[camera]]\nsource = \"replay\"\npath = \"images\"\npixel-format = \"rgb24\"\nwidth = 4\nheight = 2\n");
-    Config::load(&rgb).expect("png directory as rgb24");
+    probe(&rgb).expect("png directory as rgb24");
 }
 
 #[test]
@@ -269,13 +286,72 @@ fn prompts_file_alone_replaces_the_demo_prompts_and_must_not_be_empty() {
     std::fs::write(dir.path().join("p.txt"), "# nothing yet\n\n").unwrap();
     let path = dir.path().join("ocellus.toml");
     std::fs::write(&path, "[[camera]]\n[prompts]\nfile = \"p.txt\"\n").unwrap();
-    let err = Config::load(&path).expect_err("empty prompts file");
+    let config = Config::load(&path).expect("parsing does not read the prompts file");
+    let err = config.prompts.current().expect_err("empty prompts file");
     assert!(err.to_string().contains("prompt list is empty"), "{err}");
     std::fs::write(dir.path().join("p.txt"), "a person\na door\n").unwrap();
     let config = Config::load(&path).unwrap();
     assert!(config.prompts.labels.is_empty());
-    assert_eq!(
-        config.prompts.load(&config.origin).unwrap(),
-        ["a person", "a door"]
-    );
+    assert_eq!(config.prompts.current().unwrap(), ["a person", "a door"]);
+}
+
+// ---- [realtime] (moved from src/rt: the config sits above rt, so its parsing is tested here) ----
+
+const RT_CAMERA: &str = "[[camera]]\nsource = \"synthetic\"\n";
+
+fn parse_realtime(realtime: &str) -> Result<ocellus::rt::RealtimeSettings, String> {
+    Config::parse(
+        &format!("{RT_CAMERA}\n[realtime]\n{realtime}\n"),
+        Origin::Embedded,
+    )
+    .map(|c| c.realtime)
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn realtime_section_parses_into_policies() {
+    let rt = parse_realtime(
+        "capture-cpus = [1, 0]\ninference-cpus = [1]\ncapture-priority = 50\n\
+         inference-priority = 40\nstrict = true",
+    )
+    .expect("valid [realtime]");
+    assert_eq!(rt.capture.cpus, vec![0, 1]);
+    assert_eq!(rt.capture.fifo_priority, Some(50));
+    assert_eq!(rt.inference.cpus, vec![1]);
+    assert_eq!(rt.inference.fifo_priority, Some(40));
+    assert!(rt.strict);
+    let none = parse_realtime("").expect("empty [realtime]");
+    assert_eq!(none, ocellus::rt::RealtimeSettings::default());
+    assert!(none.capture.is_default() && !none.strict);
+}
+
+#[test]
+fn bad_realtime_values_name_the_key() {
+    for (text, key, needle) in [
+        ("capture-cpus = []", "realtime.capture-cpus", "is empty"),
+        (
+            "inference-cpus = [0, 0]",
+            "realtime.inference-cpus",
+            "listed twice",
+        ),
+        (
+            "inference-cpus = [4096]",
+            "realtime.inference-cpus",
+            "out of range",
+        ),
+        (
+            "capture-priority = 0",
+            "realtime.capture-priority",
+            "outside 1..=99",
+        ),
+        (
+            "inference-priority = 100",
+            "realtime.inference-priority",
+            "outside 1..=99",
+        ),
+        ("capture-cpu = [0]", "realtime", "capture-cpu"),
+    ] {
+        let err = parse_realtime(text).expect_err(text);
+        assert!(err.contains(key) && err.contains(needle), "{text}: {err}");
+    }
 }

@@ -14,15 +14,14 @@ use arc_swap::ArcSwap;
 use ocellus::config::{Config, Origin};
 use ocellus::infer::Engine;
 use ocellus::manifest::{Manifest, Variant};
-use ocellus::pipeline::{
-    CameraSpec, Deadlines, FrameResult, Pipeline, PipelineSettings, TestHooks,
-};
+use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings, TestHooks};
 use ocellus::prompts::{PromptSet, TextEncoder};
 use ocellus::scene::PROMPTS;
 use ocellus::shm::{
-    format_top, CameraCounters, Dims, LatentsDtype, ShmReader, ShmSink, ShmSinkConfig, TopSnapshot,
-    WriterConfig,
+    format_top, CameraCounters, Dims, LatentsDtype, ShmReader, TopSnapshot, WriterConfig,
 };
+use ocellus::sink::FrameResult;
+use ocellus::sink::{ShmSink, ShmSinkConfig};
 use ocellus::sink::{Sink, SinkError};
 use ocellus::stats::{Stage, Stats};
 
@@ -121,7 +120,7 @@ fn run(cfg: &Config, frames: u64, tag: &str) -> Run {
     let b = &cfg.budgets;
     let settings = PipelineSettings {
         deadlines: Deadlines::default()
-            .with(Stage::Dequeue, Some(b.capture))
+            .with(Stage::Dequeue, Some(b.dequeue))
             .with(Stage::Prepare, Some(b.prepare))
             .with(Stage::Encoder, Some(b.encoder))
             .with(Stage::Resampler, Some(b.resampler))
@@ -209,7 +208,7 @@ fn a_slow_encoder_is_flagged_counted_and_drops_frames_without_growing_anything()
     // Encoder budget 20 ms, the test aid adds 40 ms to every encoder run; the 30 fps camera delivers a frame
     // every 33 ms, so inference (over 40 ms a frame) cannot keep up. The other budgets are loose.
     let cfg = config(&format!(
-        "[budgets]\ncapture-ms = 60000\nprepare-ms = 60000\nencoder-ms = 20\nresampler-ms = 60000\n\
+        "[budgets]\ndequeue-ms = 60000\nprepare-ms = 60000\nencoder-ms = 20\nresampler-ms = 60000\n\
          publish-ms = 60000\nend-to-end-ms = 60000\n\n[testing]\ndelay-stage = \"encoder\"\n\
          delay-ms = {DELAY_MS}\n"
     ));
@@ -344,17 +343,17 @@ fn each_delayable_stage_is_charged_to_its_own_deadline() {
     // One stage at a time: the delayed stage has a 25 ms budget, every other stage 60 s; only the delayed
     // stage's counter moves (on any machine: the others could only miss by a minute).
     for (name, stage) in [
-        ("capture", Stage::Dequeue),
+        ("dequeue", Stage::Dequeue),
         ("prepare", Stage::Prepare),
         ("resampler", Stage::Resampler),
         ("publish", Stage::Publish),
     ] {
         let budget = |key: &str| if key == name { 25 } else { 60_000 };
         let cfg = config(&format!(
-            "[budgets]\ncapture-ms = {}\nprepare-ms = {}\nencoder-ms = 60000\nresampler-ms = {}\n\
+            "[budgets]\ndequeue-ms = {}\nprepare-ms = {}\nencoder-ms = 60000\nresampler-ms = {}\n\
              publish-ms = {}\nend-to-end-ms = 60000\n\n[testing]\ndelay-stage = \"{name}\"\n\
              delay-ms = {DELAY_MS}\n",
-            budget("capture"),
+            budget("dequeue"),
             budget("prepare"),
             budget("resampler"),
             budget("publish"),

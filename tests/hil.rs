@@ -30,18 +30,17 @@ use v4l::control::{Control, MenuItem, Value};
 use v4l::video::Output;
 use v4l::{Device, FourCC};
 
-use ocellus::config::{CameraConfig, SourceConfig, StallTimeout};
 use ocellus::frame::{FrameBuf, PixelFormat};
 use ocellus::infer::Engine;
 use ocellus::manifest::{Manifest, Variant};
-use ocellus::pipeline::{
-    CameraSpec, FrameResult, Pipeline, PipelineSettings, FLAG_CAMERA_RESTARTED,
-};
+use ocellus::pipeline::{CameraSpec, Pipeline, PipelineSettings};
 use ocellus::prompts::{PromptSet, TextEncoder};
 use ocellus::scene::PROMPTS;
+use ocellus::sink::{FrameResult, FLAG_CAMERA_RESTARTED};
 use ocellus::sink::{Sink, SinkError};
 use ocellus::source::v4l2::{list_devices, DeviceInfo, FrameSizes};
 use ocellus::source::{self, write_raw_file, FrameSource, SourceError};
+use ocellus::source::{CameraSettings, SourceSettings, StallTimeout};
 use ocellus::stats::Stats;
 
 /// Longest a test waits for the pipeline to reach a state before it fails (TCG runs inference 10-30x slower
@@ -116,10 +115,10 @@ fn v4l2_camera(
     width: u32,
     height: u32,
     fps: u32,
-) -> CameraConfig {
-    CameraConfig {
+) -> CameraSettings {
+    CameraSettings {
         name: format!("hil-{format}"),
-        source: SourceConfig::V4l2 {
+        source: SourceSettings::V4l2 {
             device: device.to_owned(),
             // 8 buffers: 320 ms of slack at 25 fps for a capture thread that TCG schedules late.
             buffers: 8,
@@ -236,7 +235,7 @@ struct Capture {
 }
 
 /// Starts the source of `camera`, captures `n` frames into fresh buffers, stops it.
-fn capture(camera: &CameraConfig, n: usize) -> Capture {
+fn capture(camera: &CameraSettings, n: usize) -> Capture {
     let mut src = source::open(0, camera).unwrap_or_else(|e| panic!("open: {e}"));
     src.start()
         .unwrap_or_else(|e| panic!("start {}: {e}", src.describe()));
@@ -449,12 +448,12 @@ struct Run {
 }
 
 impl Run {
-    fn start(camera: &CameraConfig) -> Run {
+    fn start(camera: &CameraSettings) -> Run {
         Run::start_with(camera, false)
     }
 
     /// `lockstep`: every frame the source delivers is processed (see [`Tap::gate`]).
-    fn start_with(camera: &CameraConfig, lockstep: bool) -> Run {
+    fn start_with(camera: &CameraSettings, lockstep: bool) -> Run {
         let manifest = demo_manifest();
         let engine = Engine::load(&manifest, Variant::Fp32, 1).expect("load the demo engine");
         let prompts = demo_prompts(&manifest);
@@ -858,9 +857,9 @@ const LOOP_FPS: u32 = 30;
 
 /// The demo scenes in the camera's pixel format: the synthetic source renders them (docs/scene-spec.md).
 fn scene_frames(format: PixelFormat, w: u32, h: u32) -> Vec<(Vec<u8>, Option<u16>)> {
-    let cam = CameraConfig {
+    let cam = CameraSettings {
         name: "scenes".into(),
-        source: SourceConfig::Synthetic {
+        source: SourceSettings::Synthetic {
             seed: 2026,
             hold_frames: 1,
         },
@@ -947,9 +946,9 @@ fn loopback_scenes_score_the_same_through_v4l2_as_through_replay() {
         frames.iter().map(|(d, l)| (d.as_slice(), *l)),
     )
     .expect("write the raw recording");
-    let replay = CameraConfig {
+    let replay = CameraSettings {
         name: "replay".into(),
-        source: SourceConfig::Replay {
+        source: SourceSettings::Replay {
             path: raw,
             looping: false,
         },

@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use ocellus::clock::monotonic_ns;
 use ocellus::config::Config;
-use ocellus::frame::{monotonic_ns, FrameBuf, PixelFormat};
+use ocellus::frame::{FrameBuf, PixelFormat};
 use ocellus::infer::Engine;
 use ocellus::manifest::{Manifest, Variant};
-use ocellus::pipeline::{
-    CameraSpec, Deadlines, FrameResult, Pipeline, PipelineSettings, FLAG_CAMERA_RESTARTED,
-};
+use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
 use ocellus::prompts::{PromptSet, TextEncoder};
 use ocellus::scene::{render_into, Rng, SceneParams, PROMPTS};
+use ocellus::sink::{FrameResult, FLAG_CAMERA_RESTARTED};
 use ocellus::sink::{Sink, SinkError};
 use ocellus::source::{FrameSource, SourceError};
 use ocellus::stats::{Stage, Stats};
@@ -327,7 +327,11 @@ fn results_carry_embeddings_scores_and_ground_truth() {
     let gate = Gate::default();
     let sink = Collect::default();
     let mut p = Pipeline::new(
-        PipelineSettings::default(),
+        PipelineSettings {
+            // The demo scenes' labels, named the way the runtime names them.
+            ground_truth: Some(ocellus::scene::class_prompt),
+            ..PipelineSettings::default()
+        },
         vec![camera(
             "scripted",
             Box::new(Scripted::new(0, 12, 0, gate.clone())),

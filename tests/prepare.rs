@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array4, ArrayD};
 use ndarray_npy::ReadNpyExt;
-use ocellus::config::{CameraConfig, SourceConfig};
 use ocellus::frame::{FrameBuf, PixelFormat};
 use ocellus::manifest::{ChannelOrder, Crop, Interpolation, Preprocess, ResizeMode};
 use ocellus::prepare::{PrepareError, Preparer};
 use ocellus::source::replay::decode_png_rgb;
+use ocellus::source::{CameraSettings, SourceSettings};
 use ocellus::source::{FrameSource, SyntheticSource};
 
 // ---- a global allocator that counts allocations made by the current thread ----
@@ -91,9 +91,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn synthetic_frame(format: PixelFormat, width: u32, height: u32, seed: u64) -> FrameBuf {
-    let camera = CameraConfig {
+    let camera = CameraSettings {
         name: "test".into(),
-        source: SourceConfig::Synthetic {
+        source: SourceSettings::Synthetic {
             seed,
             hold_frames: 30,
         },

@@ -4,12 +4,20 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ocellus::manifest::{Manifest, Variant};
-use ocellus::prompts::{parse_prompts, PromptError, PromptWatcher, TextEncoder};
+use ocellus::prompts::{parse_prompts, PromptError, PromptSettings, PromptWatcher, TextEncoder};
 
 fn encoder() -> TextEncoder {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/manifest.toml");
     let manifest = Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
     TextEncoder::load(&manifest, Variant::Fp32).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn watched(file: &Path, labels: &[&str], max: usize) -> PromptSettings {
+    PromptSettings {
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        file: Some(file.to_owned()),
+        max,
+    }
 }
 
 /// Polls `cond` until it holds; fails the test after 20 s instead of hanging.
@@ -61,8 +69,12 @@ fn watcher_follows_the_file_and_keeps_the_last_good_set() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("prompts.txt");
     std::fs::write(&file, "a red circle\na blue square\n").expect("write");
-    let mut watcher = PromptWatcher::start(encoder(), file.clone(), Duration::from_millis(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut watcher = PromptWatcher::start(
+        encoder(),
+        watched(&file, &[], 64),
+        Duration::from_millis(20),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let handle = watcher.prompts();
     let first = watcher.current();
     assert_eq!(first.labels(), ["a red circle", "a blue square"]);
@@ -92,8 +104,97 @@ fn watcher_follows_the_file_and_keeps_the_last_good_set() {
 fn watcher_refuses_a_bad_file_at_start() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("absent.txt");
-    let err = PromptWatcher::start(encoder(), missing, Duration::from_millis(20))
-        .expect_err("missing file");
+    let err = PromptWatcher::start(
+        encoder(),
+        watched(&missing, &[], 64),
+        Duration::from_millis(20),
+    )
+    .expect_err("missing file");
     assert!(matches!(err, PromptError::Read { .. }), "{err}");
     assert!(err.to_string().contains("absent.txt"), "{err}");
+}
+
+/// The bug of issue 11: a prompts file that grew past `prompts.max` while running was accepted, and every
+/// frame after it was published degraded, without scores. The watcher now holds a change to the start-up
+/// rules (at most `max`, no duplicates, labels first), and keeps the previous set when a change breaks them.
+#[test]
+fn watcher_holds_changes_to_the_start_up_rules() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(&file, "a red circle\na blue square\n").expect("write");
+    let mut watcher = PromptWatcher::start(
+        encoder(),
+        watched(&file, &["a green cross"], 4),
+        Duration::from_millis(20),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let handle = watcher.prompts();
+    let first = watcher.current();
+    assert_eq!(
+        first.labels(),
+        ["a green cross", "a red circle", "a blue square"],
+        "the labels come first, then the file's prompts"
+    );
+
+    // Grown past max = 4 (1 label + 5 lines): refused, the previous set stays.
+    std::fs::write(
+        &file,
+        "a red circle\na blue square\na green triangle\na yellow cross\na red square\n",
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        handle.load().version(),
+        first.version(),
+        "a set over prompts.max was swapped in"
+    );
+    assert_eq!(handle.load().len(), 3);
+
+    // A duplicate (here of the label) is refused too.
+    std::fs::write(&file, "a green cross\na red circle\n").expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        handle.load().version(),
+        first.version(),
+        "a set with a duplicate was swapped in"
+    );
+
+    // A change within the rules is taken.
+    std::fs::write(&file, "a red circle\na blue square\na yellow cross\n").expect("write");
+    wait_for("a valid change", || handle.load().len() == 4);
+    assert_eq!(handle.load().labels()[0], "a green cross");
+    watcher.stop();
+}
+
+#[test]
+fn start_refuses_a_file_over_prompts_max_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(&file, "a\nb\nc\n").expect("write");
+    let err = PromptWatcher::start(encoder(), watched(&file, &[], 2), Duration::from_millis(20))
+        .expect_err("3 prompts, max 2");
+    assert!(err.to_string().contains("prompts.max"), "{err}");
+}
+
+/// A prompt made only of words outside the tokenizer's vocabulary embeds like any other such prompt: it is
+/// flagged (a warning at embedding, a line in `ocellus check`), not silently scored.
+#[test]
+fn prompts_of_unknown_words_only_are_recognised() {
+    // The demo's BPE knows the caption words and their letters; digits and symbols are unknown to it.
+    let enc = encoder();
+    assert!(!enc.is_unknown_only("a red circle"));
+    assert!(
+        !enc.is_unknown_only("a 42 circle"),
+        "one known token is enough"
+    );
+    assert!(
+        !enc.is_unknown_only("qwerty"),
+        "known letters are known tokens"
+    );
+    assert!(enc.is_unknown_only("42"));
+    assert!(enc.is_unknown_only("#@! 42"));
+    assert!(
+        !enc.is_unknown_only(""),
+        "nothing at all is not 'unknown words'"
+    );
 }

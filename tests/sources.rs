@@ -9,16 +9,16 @@ use std::path::Path;
 
 use conformance::{conformance, Expect};
 
-use ocellus::config::{CameraConfig, SourceConfig};
 use ocellus::frame::{FrameBuf, PixelFormat};
 use ocellus::source::{
     self, write_raw_file, FrameSource, ReplaySource, SourceError, SyntheticSource,
 };
+use ocellus::source::{CameraSettings, SourceSettings};
 
-fn synthetic_camera(format: PixelFormat, width: u32, height: u32, fps: u32) -> CameraConfig {
-    CameraConfig {
+fn synthetic_camera(format: PixelFormat, width: u32, height: u32, fps: u32) -> CameraSettings {
+    CameraSettings {
         name: format!("synthetic-{format}"),
-        source: SourceConfig::Synthetic {
+        source: SourceSettings::Synthetic {
             seed: 7,
             hold_frames: 4,
         },
@@ -36,10 +36,10 @@ fn replay_camera(
     width: u32,
     height: u32,
     looping: bool,
-) -> CameraConfig {
-    CameraConfig {
+) -> CameraSettings {
+    CameraSettings {
         name: "replay".into(),
-        source: SourceConfig::Replay {
+        source: SourceSettings::Replay {
             path: path.to_owned(),
             looping,
         },
@@ -293,12 +293,12 @@ fn replay_refuses_what_its_files_cannot_deliver() {
 
 #[test]
 fn v4l2_without_the_device_says_which_and_how_to_find_one() {
-    let camera = CameraConfig {
+    let camera = CameraSettings {
         name: "usb".into(),
-        source: SourceConfig::V4l2 {
+        source: SourceSettings::V4l2 {
             device: "/dev/video-ocellus-missing".into(),
             buffers: 4,
-            stall: ocellus::config::StallTimeout::Periods(10),
+            stall: ocellus::source::StallTimeout::Periods(10),
         },
         format: PixelFormat::Yuyv,
         width: 640,

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use ocellus::config::{CameraConfig, Config, Origin, SourceConfig, StallTimeout};
-use ocellus::frame::{monotonic_ns, FrameBuf, PixelFormat};
+use ocellus::clock::monotonic_ns;
+use ocellus::config::{Config, Origin};
+use ocellus::frame::{FrameBuf, PixelFormat};
 use ocellus::infer::Engine;
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::pipeline::{CameraSpec, Pipeline, PipelineSettings};
@@ -26,6 +27,7 @@ use ocellus::source::v4l2::{
     TIMESTAMP_MAX_AHEAD, UNKNOWN_FRAME_PERIOD,
 };
 use ocellus::source::{self, FrameSource, SequenceGaps, SourceError, V4l2Source};
+use ocellus::source::{CameraSettings, SourceSettings, StallTimeout};
 use ocellus::stats::{Stats, StatusLine};
 
 const WATCHDOG: Duration = Duration::from_secs(300);
@@ -39,7 +41,7 @@ fn parse(camera_keys: &str) -> Result<Config, String> {
 
 fn v4l2_of(config: &Config) -> (std::path::PathBuf, u32, StallTimeout) {
     match &config.cameras[0].source {
-        SourceConfig::V4l2 {
+        SourceSettings::V4l2 {
             device,
             buffers,
             stall,
@@ -275,10 +277,10 @@ fn sizes_and_rates_read_as_a_person_would_write_them() {
 
 // ---- the source on things that are not cameras ----
 
-fn v4l2_camera(device: &str) -> CameraConfig {
-    CameraConfig {
+fn v4l2_camera(device: &str) -> CameraSettings {
+    CameraSettings {
         name: "usb".into(),
-        source: SourceConfig::V4l2 {
+        source: SourceSettings::V4l2 {
             device: device.into(),
             buffers: 4,
             stall: StallTimeout::Periods(10),
@@ -322,7 +324,7 @@ fn a_missing_device_is_disconnected_not_a_config_error() {
 #[test]
 fn a_v4l2_source_refuses_another_kind_of_camera() {
     let mut cam = v4l2_camera("/dev/video0");
-    cam.source = SourceConfig::Synthetic {
+    cam.source = SourceSettings::Synthetic {
         seed: 1,
         hold_frames: 1,
     };
@@ -670,10 +672,8 @@ fn a_camera_absent_at_start_is_waited_for_and_picked_up_without_counting_a_recon
 
 #[test]
 fn a_stalled_camera_is_flagged_in_the_shared_memory_status_block() {
-    use ocellus::shm::{
-        layout, Dims, LatentsDtype, ShmReader, ShmSink, ShmSinkConfig, WriterConfig,
-    };
-    use ocellus::sink::Sink;
+    use ocellus::shm::{layout, Dims, LatentsDtype, ShmReader, WriterConfig};
+    use ocellus::sink::{ShmSink, ShmSinkConfig, Sink};
 
     let name = format!("/ocellus-test-v4l2-stall-{}", std::process::id());
     let mut writer = WriterConfig::new(

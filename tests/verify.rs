@@ -220,7 +220,7 @@ fn onnx_file_that_does_not_match_its_entry() {
     std::fs::copy(&text, dir.path().join("vision.fp32.onnx")).expect("copy");
     let m = manifest(dir.path());
     let t = m
-        .file(ocellus::manifest::Role::Text, Variant::Fp32)
+        .file(ocellus::manifest::ModelRole::Text, Variant::Fp32)
         .expect("text entry");
     let (size, sha) = (t.size, t.sha256.clone());
     edit_manifest(dir.path(), |tab| {

@@ -13,7 +13,7 @@ pub fn page_size() -> usize {
 
 /// Maps `len` bytes of private anonymous memory, readable and writable, with every page faulted in
 /// (`MAP_POPULATE`), and returns its address. The mapping is never unmapped: it lives as long as the process.
-pub fn map_populated(len: usize) -> io::Result<usize> {
+pub(crate) fn map_populated(len: usize) -> io::Result<usize> {
     if len == 0 {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
@@ -35,7 +35,7 @@ pub fn map_populated(len: usize) -> io::Result<usize> {
 }
 
 /// `mlockall(MCL_CURRENT | MCL_FUTURE)`: every page mapped now and later stays resident.
-pub fn lock_all() -> io::Result<()> {
+pub(crate) fn lock_all() -> io::Result<()> {
     // SAFETY: mlockall takes flags only; it changes residency, never contents or addresses.
     if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
         return Err(io::Error::last_os_error());
@@ -44,7 +44,7 @@ pub fn lock_all() -> io::Result<()> {
 }
 
 /// `munlockall()`: undoes [`lock_all`].
-pub fn unlock_all() -> io::Result<()> {
+pub(crate) fn unlock_all() -> io::Result<()> {
     // SAFETY: munlockall takes no arguments and changes residency only.
     if unsafe { libc::munlockall() } != 0 {
         return Err(io::Error::last_os_error());
@@ -68,7 +68,7 @@ pub fn memlock_limit() -> Option<u64> {
 }
 
 /// Writes `bytes` to stderr with one `write(2)`, without allocating (safe inside the global allocator).
-pub fn write_stderr(bytes: &[u8]) {
+pub(crate) fn write_stderr(bytes: &[u8]) {
     // SAFETY: `bytes` is a live slice of `bytes.len()` readable bytes; write only reads them. A short or
     // failed write of a warning is ignored.
     unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };

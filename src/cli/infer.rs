@@ -45,8 +45,8 @@ pub fn infer(args: InferArgs, v: Verbosity) -> Result<(), Failure> {
         Engine::load(&manifest, variant, config.model.threads).map_err(Failure::config)?;
     let labels = config
         .prompts
-        .load(&config.origin)
-        .map_err(Failure::config)?;
+        .current()
+        .map_err(|e| Failure::config(format!("config {}: {e}", config.origin)))?;
     let prompts = TextEncoder::load(&manifest, variant)
         .and_then(|mut enc| enc.embed(&labels))
         .map_err(Failure::config)?;

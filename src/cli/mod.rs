@@ -52,6 +52,19 @@ impl Failure {
     }
 }
 
+/// The exit code comes from the error's kind.
+impl From<ocellus::runtime::BuildError> for Failure {
+    fn from(e: ocellus::runtime::BuildError) -> Self {
+        Failure {
+            code: match e.kind {
+                ocellus::runtime::ErrorKind::Config => Code::Config,
+                ocellus::runtime::ErrorKind::Runtime => Code::Runtime,
+            },
+            message: e.message,
+        }
+    }
+}
+
 /// Loads `path`, or the embedded default without one.
 pub fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
     Config::load_or_default(path).map_err(Failure::config)

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework as _;
 
-use crate::manifest::{FileEntry, Manifest, ManifestError, Role, TensorSpec, Variant};
+use crate::manifest::{FileEntry, Manifest, ManifestError, ModelRole, TensorSpec, Variant};
 
 /// Why a model bundle could not be verified or loaded. Every message names the file and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -24,14 +24,14 @@ pub enum LoadError {
     #[error("model bundle {dir} lists no {role} file for variant {variant}: re-run `ocellus-tools manifest`, or choose a variant the bundle has")]
     MissingEntry {
         dir: PathBuf,
-        role: Role,
+        role: ModelRole,
         variant: Variant,
     },
     #[error("model bundle {dir} is inconsistent: {problem}; re-export the bundle with `ocellus-tools export` so its manifest and files belong together")]
     Inconsistent { dir: PathBuf, problem: String },
     #[error("{role} model {path} cannot be read ({source}): re-export the bundle or point model.manifest at a complete one")]
     MissingFile {
-        role: Role,
+        role: ModelRole,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -64,7 +64,7 @@ pub enum LoadError {
 /// Size of one verified model file, for the memory budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSize {
-    pub role: Role,
+    pub role: ModelRole,
     pub variant: Variant,
     pub path: PathBuf,
     /// Bytes on disk.
@@ -99,9 +99,9 @@ pub fn file_sizes(manifest: &Manifest, variant: Variant) -> Result<Vec<FileSize>
     check_manifest(
         manifest,
         variant,
-        &[Role::Vision, Role::Resampler, Role::Text],
+        &[ModelRole::Vision, ModelRole::Resampler, ModelRole::Text],
     )?;
-    [Role::Vision, Role::Resampler, Role::Text]
+    [ModelRole::Vision, ModelRole::Resampler, ModelRole::Text]
         .iter()
         .map(|&role| read_verified(manifest, role, variant).map(|v| v.size))
         .collect()
@@ -109,7 +109,7 @@ pub fn file_sizes(manifest: &Manifest, variant: Variant) -> Result<Vec<FileSize>
 
 pub(crate) fn entry(
     manifest: &Manifest,
-    role: Role,
+    role: ModelRole,
     variant: Variant,
 ) -> Result<&FileEntry, LoadError> {
     manifest
@@ -125,7 +125,7 @@ pub(crate) fn entry(
 pub(crate) fn check_manifest(
     manifest: &Manifest,
     variant: Variant,
-    roles: &[Role],
+    roles: &[ModelRole],
 ) -> Result<(), LoadError> {
     let bad = |problem: String| LoadError::Inconsistent {
         dir: manifest.dir.clone(),
@@ -137,7 +137,7 @@ pub(crate) fn check_manifest(
         let entry = entry(manifest, role, variant)?;
         let file = &entry.path;
         match role {
-            Role::Vision => {
+            ModelRole::Vision => {
                 expect_io(file, "input", &entry.inputs, &["pixel_values"], &[]).map_err(bad)?;
                 expect_io(
                     file,
@@ -174,7 +174,7 @@ pub(crate) fn check_manifest(
                 )
                 .map_err(bad)?;
             }
-            Role::Resampler => {
+            ModelRole::Resampler => {
                 expect_io(file, "input", &entry.inputs, &["patch_tokens"], &[]).map_err(bad)?;
                 expect_io(file, "output", &entry.outputs, &["latents"], &[]).map_err(bad)?;
                 let r = &manifest.resampler;
@@ -186,7 +186,7 @@ pub(crate) fn check_manifest(
                     "[resampler] num_latents and latent_dim",
                 )
                 .map_err(bad)?;
-                if let Some(vision) = manifest.file(Role::Vision, variant) {
+                if let Some(vision) = manifest.file(ModelRole::Vision, variant) {
                     let produced = spec(&vision.outputs, "patch_tokens");
                     let consumed = spec(&entry.inputs, "patch_tokens");
                     if let (Some(p), Some(c)) = (produced, consumed) {
@@ -204,7 +204,7 @@ pub(crate) fn check_manifest(
                     }
                 }
             }
-            Role::Text => {
+            ModelRole::Text => {
                 expect_io(
                     file,
                     "input",
@@ -308,7 +308,7 @@ pub(crate) fn shape_str(shape: &[usize]) -> String {
 /// Layers 2 and 3 for one file: size and sha256 (streamed), then the ONNX graph's declared signature.
 pub(crate) fn read_verified(
     manifest: &Manifest,
-    role: Role,
+    role: ModelRole,
     variant: Variant,
 ) -> Result<Verified, LoadError> {
     let entry = entry(manifest, role, variant)?;
@@ -343,7 +343,7 @@ pub(crate) fn read_verified(
     })
 }
 
-fn check_file(role: Role, path: &Path, size: u64, sha256: &str) -> Result<u64, LoadError> {
+fn check_file(role: ModelRole, path: &Path, size: u64, sha256: &str) -> Result<u64, LoadError> {
     let missing = |source| LoadError::MissingFile {
         role,
         path: path.to_owned(),

@@ -9,40 +9,17 @@
 //! Layers: the `os` module at the bottom is the only `unsafe` code (sched_getaffinity, sched_setaffinity,
 //! sched_setscheduler, sched_getscheduler, sched_getparam); everything above it is safe.
 
-#![warn(unsafe_op_in_unsafe_fn)]
-
-use std::fmt;
 use std::io;
+
+use crate::thread::{ThreadRole, WORKER_PREFIX};
+
+#[allow(unsafe_code)]
+mod os;
 
 /// CPUs a CPU set can name (`CPU_SETSIZE`): CPU numbers run from 0 to `MAX_CPUS - 1`.
 pub const MAX_CPUS: usize = 1024;
 /// Highest `SCHED_FIFO` priority on Linux (`sched_get_priority_max(SCHED_FIFO)`); the lowest is 1.
 pub const MAX_FIFO_PRIORITY: u8 = 99;
-
-/// The threads that real-time settings apply to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// One per camera (`ocellus-cam<N>`).
-    Capture,
-    /// The inference thread (`ocellus-infer`).
-    Inference,
-}
-
-impl Role {
-    /// The role's name in config keys (`realtime.<name>-cpus`) and messages.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Role::Capture => "capture",
-            Role::Inference => "inference",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// What one thread role asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,11 +48,11 @@ pub struct RealtimeSettings {
 }
 
 impl RealtimeSettings {
-    /// The policy of `role`.
-    pub fn policy(&self, role: Role) -> &ThreadPolicy {
+    /// The policy of `role`; the engine's workers take the inference thread's.
+    pub fn policy(&self, role: ThreadRole) -> &ThreadPolicy {
         match role {
-            Role::Capture => &self.capture,
-            Role::Inference => &self.inference,
+            ThreadRole::Capture => &self.capture,
+            ThreadRole::Inference | ThreadRole::Worker => &self.inference,
         }
     }
 }
@@ -126,13 +103,13 @@ pub enum RtError {
          change the list", cpu_list(.available)
     )]
     NoSuchCpu {
-        role: Role,
+        role: ThreadRole,
         cpu: usize,
         available: Vec<usize>,
     },
     #[error("realtime.{role}-cpus: cannot pin the {role} thread to CPUs {}: {source}", cpu_list(.cpus))]
     Affinity {
-        role: Role,
+        role: ThreadRole,
         cpus: Vec<usize>,
         #[source]
         source: io::Error,
@@ -145,7 +122,7 @@ pub enum RtError {
             ""
         })]
     Priority {
-        role: Role,
+        role: ThreadRole,
         priority: u8,
         #[source]
         source: io::Error,
@@ -179,22 +156,17 @@ pub fn cpu_list(cpus: &[usize]) -> String {
 
 /// Applies `policy` to the calling thread: first the CPU affinity, then the `SCHED_FIFO` priority. Each is
 /// attempted even when the other failed; the returned list holds every refusal (empty: all applied).
-pub fn apply_to_current_thread(role: Role, policy: &ThreadPolicy) -> Vec<RtError> {
+pub fn apply_to_current_thread(role: ThreadRole, policy: &ThreadPolicy) -> Vec<RtError> {
     apply_to_thread(role, 0, policy)
 }
 
-/// Name prefix of the matrix-product worker threads the inference engine starts (`model.threads` > 1; see
-/// `infer::executor`). They are spawned while the model loads, before the inference thread exists, so they do
-/// not inherit its settings: [`apply_for_role`] applies the inference policy to them too.
-pub const INFERENCE_WORKER_PREFIX: &str = "ocellus-mm-";
-
-/// Applies `role`'s policy to the calling thread and, for [`Role::Inference`], to the engine's worker threads
-/// ([`INFERENCE_WORKER_PREFIX`]). Returns every refusal (empty: all applied).
-pub fn apply_for_role(role: Role, policy: &ThreadPolicy) -> Vec<RtError> {
+/// Applies `role`'s policy to the calling thread and, for [`ThreadRole::Inference`], to the engine's worker threads
+/// ([`WORKER_PREFIX`]). Returns every refusal (empty: all applied).
+pub fn apply_for_role(role: ThreadRole, policy: &ThreadPolicy) -> Vec<RtError> {
     let mut errors = apply_to_current_thread(role, policy);
-    if role == Role::Inference && !policy.is_default() && errors.is_empty() {
+    if role == ThreadRole::Inference && !policy.is_default() && errors.is_empty() {
         // The same settings just succeeded on this thread; a worker can only differ by having exited.
-        for tid in threads_with_prefix(INFERENCE_WORKER_PREFIX).unwrap_or_default() {
+        for tid in threads_with_prefix(WORKER_PREFIX).unwrap_or_default() {
             errors.extend(apply_to_thread(role, tid, policy));
         }
     }
@@ -203,7 +175,7 @@ pub fn apply_for_role(role: Role, policy: &ThreadPolicy) -> Vec<RtError> {
 
 /// Applies `policy` to thread `tid` of this process (`0`: the calling thread), as
 /// [`apply_to_current_thread`] does (for worker threads a library started elsewhere).
-pub fn apply_to_thread(role: Role, tid: i32, policy: &ThreadPolicy) -> Vec<RtError> {
+pub fn apply_to_thread(role: ThreadRole, tid: i32, policy: &ThreadPolicy) -> Vec<RtError> {
     let mut errors = Vec::new();
     if !policy.cpus.is_empty() {
         match os::getaffinity(tid) {
@@ -305,148 +277,9 @@ fn threads_matching(pid: &str, matches: impl Fn(&str) -> bool) -> io::Result<Vec
     Ok(tids)
 }
 
-/// The only unsafe code of the module: thin wrappers over the scheduling system calls.
-mod os {
-    use std::io;
-
-    use super::MAX_CPUS;
-
-    pub fn gettid() -> i32 {
-        // SAFETY: gettid(2) takes no arguments, cannot fail and touches no memory of ours.
-        unsafe { libc::gettid() }
-    }
-
-    /// CPUs of thread `tid` (0: the calling thread).
-    pub fn getaffinity(tid: i32) -> io::Result<Vec<usize>> {
-        // SAFETY: cpu_set_t is a plain bit array for which all-zero is a valid (empty) value.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: (1) `set` is a live, writable cpu_set_t and the size passed is exactly its size, so the
-        // kernel writes within it; (2) `tid` is only an id: a stale one gives ESRCH, not undefined behaviour.
-        let rc = unsafe {
-            libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((0..MAX_CPUS)
-            // SAFETY: CPU_ISSET reads bit `c` of `set`; c < CPU_SETSIZE = MAX_CPUS is inside it.
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect())
-    }
-
-    /// Restricts thread `tid` (0: the calling thread) to `cpus` (each < MAX_CPUS).
-    pub fn setaffinity(tid: i32, cpus: &[usize]) -> io::Result<()> {
-        // SAFETY: as in `getaffinity`, all-zero is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        for &c in cpus {
-            if c >= MAX_CPUS {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL));
-            }
-            // SAFETY: CPU_SET writes bit `c` of `set`, and c < CPU_SETSIZE was checked above.
-            unsafe { libc::CPU_SET(c, &mut set) };
-        }
-        // SAFETY: `set` is a live cpu_set_t and the size passed is its size; the kernel only reads it.
-        let rc =
-            unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Puts thread `tid` (0: the calling thread) on SCHED_FIFO at `priority`.
-    pub fn set_fifo(tid: i32, priority: u8) -> io::Result<()> {
-        let param = libc::sched_param {
-            sched_priority: i32::from(priority),
-        };
-        // SAFETY: `tid` is only an id (a stale one gives ESRCH); `param` is a valid sched_param the call only
-        // reads. On Linux sched_setscheduler acts on the one thread `tid` (0: the caller), not the process.
-        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// (policy, priority) of thread `tid` (0: the calling thread).
-    pub fn scheduler(tid: i32) -> io::Result<(i32, i32)> {
-        // SAFETY: sched_getscheduler only takes an id; a stale one gives ESRCH.
-        let policy = unsafe { libc::sched_getscheduler(tid) };
-        if policy < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is a live, writable sched_param; the kernel writes exactly one into it.
-        if unsafe { libc::sched_getparam(tid, &mut param) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SCHED_RESET_ON_FORK may be or'ed into the policy.
-        Ok((policy & !libc::SCHED_RESET_ON_FORK, param.sched_priority))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Origin};
-
-    const CAMERA: &str = "[[camera]]\nsource = \"synthetic\"\n";
-
-    fn parse(realtime: &str) -> Result<RealtimeSettings, String> {
-        Config::parse(
-            &format!("{CAMERA}\n[realtime]\n{realtime}\n"),
-            Origin::Embedded,
-        )
-        .map(|c| c.realtime)
-        .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn realtime_section_parses_into_policies() {
-        let rt = parse(
-            "capture-cpus = [1, 0]\ninference-cpus = [1]\ncapture-priority = 50\n\
-             inference-priority = 40\nstrict = true",
-        )
-        .expect("valid [realtime]");
-        assert_eq!(rt.capture.cpus, vec![0, 1]);
-        assert_eq!(rt.capture.fifo_priority, Some(50));
-        assert_eq!(rt.inference.cpus, vec![1]);
-        assert_eq!(rt.inference.fifo_priority, Some(40));
-        assert!(rt.strict);
-        let none = parse("").expect("empty [realtime]");
-        assert_eq!(none, RealtimeSettings::default());
-        assert!(none.capture.is_default() && !none.strict);
-    }
-
-    #[test]
-    fn bad_realtime_values_name_the_key() {
-        for (text, key, needle) in [
-            ("capture-cpus = []", "realtime.capture-cpus", "is empty"),
-            (
-                "inference-cpus = [0, 0]",
-                "realtime.inference-cpus",
-                "listed twice",
-            ),
-            (
-                "inference-cpus = [4096]",
-                "realtime.inference-cpus",
-                "out of range",
-            ),
-            (
-                "capture-priority = 0",
-                "realtime.capture-priority",
-                "outside 1..=99",
-            ),
-            (
-                "inference-priority = 100",
-                "realtime.inference-priority",
-                "outside 1..=99",
-            ),
-            ("capture-cpu = [0]", "realtime", "capture-cpu"),
-        ] {
-            let err = parse(text).expect_err(text);
-            assert!(err.contains(key) && err.contains(needle), "{text}: {err}");
-        }
-    }
 
     #[test]
     fn cpu_lists_print_as_ranges() {
@@ -474,7 +307,7 @@ mod tests {
                 cpus: vec![last],
                 fifo_priority: None,
             };
-            let errors: Vec<String> = apply_to_current_thread(Role::Inference, &policy)
+            let errors: Vec<String> = apply_to_current_thread(ThreadRole::Inference, &policy)
                 .iter()
                 .map(|e| e.to_string())
                 .collect();
@@ -505,7 +338,7 @@ mod tests {
                 cpus: vec![MAX_CPUS - 1],
                 fifo_priority: None,
             };
-            let errors = apply_to_current_thread(Role::Capture, &policy);
+            let errors = apply_to_current_thread(ThreadRole::Capture, &policy);
             let after = thread_affinity(0).expect("affinity");
             (
                 errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
@@ -530,7 +363,7 @@ mod tests {
                 cpus: Vec::new(),
                 fifo_priority: Some(10),
             };
-            let errors = apply_to_current_thread(Role::Inference, &policy);
+            let errors = apply_to_current_thread(ThreadRole::Inference, &policy);
             (errors, thread_policy(0).expect("sched_getscheduler"))
         });
         if result.is_empty() {

@@ -1,19 +1,91 @@
-//! Where results go: the [`Sink`] trait, the log sink and the live status reporter.
+//! Where results go: the [`FrameResult`] of each frame, the [`Sink`] trait, and the sinks: the log
+//! ([`LogSink`]), shared memory ([`ShmSink`]), and the live status reporter ([`StatusReporter`]).
 //!
 //! Sinks run on the inference thread, once per frame, with a [`FrameResult`] that borrows the pipeline's
-//! preallocated buffers: a sink copies what it keeps (the shared-memory sink of issue 4 copies into its slot)
-//! and must not block. [`LogSink`] only formats when its tracing level is enabled. The [`StatusReporter`] is
-//! not a sink: it runs on its own thread and reads [`Stats`] only, so the status keeps moving (to 0 fps) when
-//! frames stop.
+//! preallocated buffers: a sink copies what it keeps (the shared-memory sink copies into its slot) and must
+//! not block. [`LogSink`] only formats when its tracing level is enabled. The [`StatusReporter`] is not a
+//! sink: it runs on its own thread and reads [`Stats`](crate::stats::Stats) only, so the status keeps moving
+//! (to 0 fps) when frames stop.
 
-use std::io::Write;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use crate::stats::STAGE_COUNT;
 
-pub use crate::pipeline::FrameResult;
-use crate::stats::{Stats, StatusLine};
+mod log;
+mod shm;
+mod status;
+
+pub use log::LogSink;
+pub use shm::{ShmSink, ShmSinkConfig};
+pub use status::{StatusMode, StatusReporter};
+
+/// Result flag: the camera's source is failing (set on frames taken while it is being restarted).
+pub const FLAG_CAMERA_LOST: u32 = 1 << 16;
+/// Result flag: the source was restarted since this camera's previous published frame.
+pub const FLAG_CAMERA_RESTARTED: u32 = 1 << 17;
+/// Result flag: scores are missing (no prompt set, or more prompts than the score buffer holds).
+pub const FLAG_DEGRADED: u32 = 1 << 18;
+/// Mask of the per-stage late bits ([`Stage::late_bit`](crate::stats::Stage::late_bit)).
+pub const FLAG_LATE_MASK: u32 = (1 << STAGE_COUNT) - 1;
+
+/// One frame's result, borrowing the inference thread's buffers for the duration of [`Sink::publish`].
+#[derive(Debug, Clone, Copy)]
+pub struct FrameResult<'a> {
+    /// Camera index (order of the config's cameras).
+    pub camera: usize,
+    /// The source's frame sequence number.
+    pub sequence: u64,
+    /// Capture time, CLOCK_MONOTONIC ns (the driver's timestamp where there is one).
+    pub capture_ns: u64,
+    /// When publishing began, CLOCK_MONOTONIC ns.
+    pub publish_ns: u64,
+    /// Stage durations in ns, indexed by [`Stage::index`](crate::stats::Stage::index). `Publish` is 0 (it is under way) and `EndToEnd`
+    /// runs to `publish_ns`; the statistics record both in full once all sinks have returned.
+    pub stage_ns: [u64; STAGE_COUNT],
+    /// Late bits ([`Stage::late_bit`](crate::stats::Stage::late_bit)) and `FLAG_*`.
+    pub flags: u32,
+    /// The pooled image embedding [E], L2-normalised.
+    pub image_embeds: &'a [f32],
+    /// The resampler's latents, row-major [L x Dl].
+    pub latents: &'a [f32],
+    /// (L, Dl).
+    pub latents_shape: (usize, usize),
+    /// One score per prompt (softmax over the prompt set); empty when `FLAG_DEGRADED`.
+    pub scores: &'a [f32],
+    /// The prompt set's labels, `labels[k]` scored by `scores[k]`.
+    pub labels: &'a [String],
+    /// Version of the prompt set that produced the scores.
+    pub prompt_version: u64,
+    /// Ground-truth class index (synthetic source).
+    pub ground_truth: Option<u16>,
+    /// Ground-truth label, the prompt text of the class (synthetic source).
+    pub ground_truth_label: Option<&'static str>,
+}
+
+impl FrameResult<'_> {
+    /// Index and score of the best prompt, if any.
+    pub fn top(&self) -> Option<(usize, f32)> {
+        argmax(self.scores)
+    }
+
+    /// Capture to publish, in ns.
+    pub fn end_to_end_ns(&self) -> u64 {
+        self.publish_ns.saturating_sub(self.capture_ns)
+    }
+
+    /// Whether any stage was late.
+    pub fn is_late(&self) -> bool {
+        self.flags & FLAG_LATE_MASK != 0
+    }
+}
+
+pub fn argmax(scores: &[f32]) -> Option<(usize, f32)> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &s) in scores.iter().enumerate() {
+        if best.is_none_or(|(_, b)| s > b) {
+            best = Some((i, s));
+        }
+    }
+    best
+}
 
 /// Why a sink could not publish one result. The pipeline counts it (`publish_errors`) and goes on.
 #[derive(Debug, thiserror::Error)]
@@ -52,177 +124,13 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
 }
 
-/// Logs every result at `debug` level (camera, sequence, top prompt and score, end-to-end latency, flags).
-///
-/// When `debug` is not enabled for this module, `publish` costs one level check and allocates nothing.
-#[derive(Debug, Default)]
-pub struct LogSink;
-
-impl LogSink {
-    pub fn new() -> Self {
-        LogSink
-    }
-}
-
-impl Sink for LogSink {
-    fn publish(&mut self, r: &FrameResult<'_>) -> Result<(), SinkError> {
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let (top, score) = match r.top() {
-                Some((i, s)) => (r.labels.get(i).map(String::as_str).unwrap_or("?"), s),
-                None => ("-", 0.0),
-            };
-            tracing::debug!(
-                camera = r.camera,
-                seq = r.sequence,
-                top,
-                score,
-                truth = r.ground_truth,
-                e2e_ms = r.end_to_end_ns() as f64 / 1e6,
-                flags = r.flags,
-                prompts = r.prompt_version,
-                "frame"
-            );
-        }
-        Ok(())
-    }
-}
-
-/// How the status reporter writes its line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusMode {
-    /// Rewrite one line in place (`\r`, clear to end of line): for a terminal.
-    Overwrite,
-    /// One line per period: for a log file or a pipe.
-    Lines,
-}
-
-impl StatusMode {
-    /// `Overwrite` when stderr is a terminal, else `Lines`.
-    pub fn for_stderr() -> Self {
-        use std::io::IsTerminal;
-        if std::io::stderr().is_terminal() {
-            StatusMode::Overwrite
-        } else {
-            StatusMode::Lines
-        }
-    }
-}
-
-/// Writes the live one-line status (fps, per-stage p50/p99 over the last period, drops, deadline misses)
-/// every `period` from its own thread named `ocellus-status`.
-pub struct StatusReporter {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl StatusReporter {
-    /// Starts the reporter thread writing to `out`.
-    pub fn spawn<W: Write + Send + 'static>(
-        stats: Arc<Stats>,
-        period: Duration,
-        mode: StatusMode,
-        mut out: W,
-    ) -> std::io::Result<StatusReporter> {
-        let (tx, rx) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("ocellus-status".into())
-            .spawn(move || {
-                let mut line = StatusLine::new(&stats);
-                let mut written = false;
-                loop {
-                    let stopped =
-                        !matches!(rx.recv_timeout(period), Err(RecvTimeoutError::Timeout));
-                    if stopped {
-                        break;
-                    }
-                    let text = line.render(&stats, Instant::now());
-                    let res = match mode {
-                        StatusMode::Overwrite => write!(out, "\r\x1b[K{text}"),
-                        StatusMode::Lines => writeln!(out, "{text}"),
-                    };
-                    if res.and_then(|_| out.flush()).is_err() {
-                        break;
-                    }
-                    written = true;
-                }
-                if written && mode == StatusMode::Overwrite {
-                    let _ = writeln!(out);
-                    let _ = out.flush();
-                }
-            })?;
-        Ok(StatusReporter {
-            stop: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops the thread and waits for it (it wakes at once; at most one write is in flight).
-    pub fn stop(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::warn!("the status reporter thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for StatusReporter {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering::Relaxed;
-    use std::sync::Mutex;
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
-    fn reporter_writes_lines_and_stops_promptly() {
-        let stats = Arc::new(Stats::new(1));
-        stats.camera(0).counters.dropped.fetch_add(7, Relaxed);
-        let out = Shared::default();
-        let mut reporter = StatusReporter::spawn(
-            stats.clone(),
-            Duration::from_millis(10),
-            StatusMode::Lines,
-            out.clone(),
-        )
-        .expect("spawn reporter");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let n = out
-                .0
-                .lock()
-                .map(|v| v.iter().filter(|&&b| b == b'\n').count());
-            if n.unwrap_or(0) >= 2 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "reporter wrote no status lines");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        reporter.stop();
-        let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
-            .expect("utf-8 status");
-        assert!(text.lines().all(|l| l.starts_with("fps ")), "{text}");
-        assert!(text.contains("drop 7"), "{text}");
+    fn argmax_picks_the_first_best() {
+        assert_eq!(argmax(&[]), None);
+        assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), Some((1, 0.7)));
     }
 }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::layout;
-use super::writer::{CreateError, Heartbeat, PublishError, ShmWriter, WriterConfig};
-use super::{CameraCounters, SampleMeta, SampleRef};
-use crate::sink::{FrameResult, Sink, SinkError};
+use super::{FrameResult, Sink, SinkError};
+use crate::shm::layout;
+use crate::shm::{
+    CameraCounters, CreateError, Heartbeat, PublishError, SampleMeta, SampleRef, ShmWriter,
+    WriterConfig,
+};
 use crate::stats::{Stage, Stats, STAGE_COUNT};
 
 const SINK: &str = "shm";
@@ -144,6 +146,9 @@ impl ShmSink {
         stats: Option<Arc<Stats>>,
     ) -> Result<ShmSink, CreateError> {
         let writer = ShmWriter::create(&config.writer)?;
+        if writer.replaced_stale() {
+            tracing::warn!(name = %config.writer.name, "replaced a stale shared-memory segment left by a writer that is gone");
+        }
         let cameras = writer.layout().dims.cameras;
         let hb = writer.heartbeat_handle();
         let (tx, rx) = mpsc::channel();
@@ -262,8 +267,8 @@ const _: () = {
     assert!(Stage::Score.index() == layout::STAGE_SCORE);
     assert!(Stage::Publish.index() == layout::STAGE_PUBLISH);
     assert!(Stage::EndToEnd.index() == layout::STAGE_END_TO_END);
-    assert!(crate::pipeline::FLAG_CAMERA_LOST as u64 == layout::FLAG_CAMERA_LOST);
-    assert!(crate::pipeline::FLAG_CAMERA_RESTARTED as u64 == layout::FLAG_CAMERA_RESTARTED);
-    assert!(crate::pipeline::FLAG_DEGRADED as u64 == layout::FLAG_DEGRADED);
-    assert!(crate::pipeline::FLAG_LATE_MASK as u64 == layout::FLAG_LATE_MASK);
+    assert!(super::FLAG_CAMERA_LOST as u64 == layout::FLAG_CAMERA_LOST);
+    assert!(super::FLAG_CAMERA_RESTARTED as u64 == layout::FLAG_CAMERA_RESTARTED);
+    assert!(super::FLAG_DEGRADED as u64 == layout::FLAG_DEGRADED);
+    assert!(super::FLAG_LATE_MASK as u64 == layout::FLAG_LATE_MASK);
 };

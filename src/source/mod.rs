@@ -8,14 +8,15 @@
 
 use std::path::PathBuf;
 
-use crate::config::{CameraConfig, SourceConfig};
 use crate::frame::{FrameBuf, PixelFormat};
 
 pub mod replay;
+mod settings;
 pub mod synthetic;
 pub mod v4l2;
 
 pub use replay::{write_raw_file, RawFrameWriter, ReplayProbe, ReplaySource};
+pub use settings::{CameraSettings, SourceKind, SourceSettings, StallTimeout};
 pub use synthetic::SyntheticSource;
 pub use v4l2::{SequenceGaps, V4l2Source};
 
@@ -93,17 +94,30 @@ pub enum SourceError {
 }
 
 /// Makes the source of camera number `index` as configured (not started).
-pub fn open(index: usize, camera: &CameraConfig) -> Result<Box<dyn FrameSource>, SourceError> {
+pub fn open(index: usize, camera: &CameraSettings) -> Result<Box<dyn FrameSource>, SourceError> {
     match &camera.source {
-        SourceConfig::Synthetic { .. } => Ok(Box::new(SyntheticSource::new(index, camera)?)),
-        SourceConfig::Replay { .. } => Ok(Box::new(ReplaySource::new(index, camera)?)),
-        SourceConfig::V4l2 { .. } => Ok(Box::new(V4l2Source::new(index, camera)?)),
+        SourceSettings::Synthetic { .. } => Ok(Box::new(SyntheticSource::new(index, camera)?)),
+        SourceSettings::Replay { .. } => Ok(Box::new(ReplaySource::new(index, camera)?)),
+        SourceSettings::V4l2 { .. } => Ok(Box::new(V4l2Source::new(index, camera)?)),
+    }
+}
+
+/// Memory a camera's source holds besides its frame pool, for the memory budget: the synthetic camera's
+/// render and conversion scratch, a replay's frames (it reads every frame at start), a V4L2 driver's mmap
+/// buffers. A replay path that cannot be probed counts 0 here; opening the source reports the problem.
+pub fn resident_bytes(camera: &CameraSettings) -> u64 {
+    match &camera.source {
+        SourceSettings::Synthetic { .. } => synthetic::resident_bytes(camera.width, camera.height),
+        SourceSettings::Replay { path, .. } => replay::probe(path)
+            .map(|p| p.resident_bytes(camera.format))
+            .unwrap_or(0),
+        SourceSettings::V4l2 { buffers, .. } => *buffers as u64 * camera.max_frame_bytes() as u64,
     }
 }
 
 /// Sleeps until `deadline_ns` on CLOCK_MONOTONIC (returns at once if it has passed).
 pub(crate) fn sleep_until(deadline_ns: u64) {
-    let now = crate::frame::monotonic_ns();
+    let now = crate::clock::monotonic_ns();
     if deadline_ns > now {
         std::thread::sleep(std::time::Duration::from_nanos(deadline_ns - now));
     }
@@ -132,15 +146,15 @@ impl Pacer {
     /// Waits for the next deadline; returns the time it is (the frame's capture time).
     pub(crate) fn wait(&mut self) -> u64 {
         if self.period_ns == 0 {
-            return crate::frame::monotonic_ns();
+            return crate::clock::monotonic_ns();
         }
-        let now = crate::frame::monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         if self.next_ns == 0 || now > self.next_ns + self.period_ns {
             self.next_ns = now;
         }
         sleep_until(self.next_ns);
         self.next_ns += self.period_ns;
-        crate::frame::monotonic_ns()
+        crate::clock::monotonic_ns()
     }
 
     pub(crate) fn reset(&mut self) {

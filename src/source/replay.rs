@@ -30,8 +30,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::{CameraSettings, SourceSettings};
 use super::{FrameSource, Pacer, SourceError};
-use crate::config::{CameraConfig, SourceConfig};
 use crate::frame::{FrameBuf, FrameMeta, PixelFormat};
 
 /// Magic bytes opening a raw frame file.
@@ -52,6 +52,22 @@ pub struct ReplayProbe {
     pub size: Option<(u32, u32)>,
     /// A description for messages ("12 PNG images", "nv12 frames").
     pub what: String,
+    /// Image files (a directory) or 0 (a raw file).
+    pub images: usize,
+    /// Bytes of every image file (a directory) or of the raw file.
+    pub file_bytes: u64,
+}
+
+impl ReplayProbe {
+    /// Memory the replay source holds once started (it reads every frame at start): the files' own bytes for
+    /// MJPEG and raw files, decoded RGB frames otherwise.
+    pub fn resident_bytes(&self, format: PixelFormat) -> u64 {
+        match (self.images, format, self.size) {
+            (0, _, _) | (_, PixelFormat::Mjpeg, _) => self.file_bytes,
+            (n, _, Some((w, h))) => n as u64 * w as u64 * h as u64 * 3,
+            (_, _, None) => self.file_bytes,
+        }
+    }
 }
 
 fn bad(path: &Path, message: impl Into<String>) -> SourceError {
@@ -195,7 +211,8 @@ fn jpeg_size(path: &Path, bytes: &[u8]) -> Result<(u32, u32), SourceError> {
     Ok((info.width as u32, info.height as u32))
 }
 
-/// What `path` holds and can deliver: checked when the config is loaded, before anything starts.
+/// What `path` holds and can deliver: checked at start-up, before anything is loaded (file metadata and the
+/// first image's header only).
 pub fn probe(path: &Path) -> Result<ReplayProbe, SourceError> {
     let meta = std::fs::metadata(path).map_err(|source| SourceError::Open {
         path: path.to_owned(),
@@ -219,9 +236,16 @@ pub fn probe(path: &Path) -> Result<ReplayProbe, SourceError> {
         if all_jpeg {
             formats.push(PixelFormat::Mjpeg);
         }
+        let file_bytes = images
+            .iter()
+            .filter_map(|(p, _)| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         Ok(ReplayProbe {
             formats,
             size: Some(size),
+            images: images.len(),
+            file_bytes,
             what: format!(
                 "{} {} images",
                 images.len(),
@@ -233,6 +257,8 @@ pub fn probe(path: &Path) -> Result<ReplayProbe, SourceError> {
         Ok(ReplayProbe {
             formats: vec![header.format],
             size: Some((header.width, header.height)),
+            images: 0,
+            file_bytes: meta.len(),
             what: format!("{} frames", header.format),
         })
     }
@@ -412,8 +438,8 @@ pub struct ReplaySource {
 
 impl ReplaySource {
     /// A replay source for camera number `index` (files are read in `start`).
-    pub fn new(index: usize, camera: &CameraConfig) -> Result<ReplaySource, SourceError> {
-        let SourceConfig::Replay { path, looping } = &camera.source else {
+    pub fn new(index: usize, camera: &CameraSettings) -> Result<ReplaySource, SourceError> {
+        let SourceSettings::Replay { path, looping } = &camera.source else {
             return Err(SourceError::Unsupported {
                 camera: camera.name.clone(),
                 format: camera.format,

@@ -11,8 +11,8 @@ use yuvutils_rs::{
     YuvRange, YuvStandardMatrix,
 };
 
+use super::{CameraSettings, SourceSettings};
 use super::{FrameSource, Pacer, SourceError};
-use crate::config::{CameraConfig, SourceConfig};
 use crate::frame::{FrameBuf, FrameMeta, PixelFormat};
 use crate::scene::{render_into, Rng, SceneParams};
 
@@ -40,11 +40,17 @@ pub struct SyntheticSource {
     planes: [Vec<u8>; 3],
 }
 
+/// Memory a synthetic camera holds besides its pool: the RGB render and the planar conversion scratch.
+pub fn resident_bytes(width: u32, height: u32) -> u64 {
+    let pixels = width as u64 * height as u64;
+    pixels * 3 + pixels * 2
+}
+
 impl SyntheticSource {
     /// A synthetic source for camera number `index`; fails if the config is not a synthetic camera or the size
     /// does not suit the format.
-    pub fn new(index: usize, camera: &CameraConfig) -> Result<SyntheticSource, SourceError> {
-        let SourceConfig::Synthetic { seed, hold_frames } = camera.source else {
+    pub fn new(index: usize, camera: &CameraSettings) -> Result<SyntheticSource, SourceError> {
+        let SourceSettings::Synthetic { seed, hold_frames } = camera.source else {
             return Err(SourceError::Unsupported {
                 camera: camera.name.clone(),
                 format: camera.format,

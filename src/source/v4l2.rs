@@ -10,7 +10,7 @@
 //! into the caller's pooled [`FrameBuf`] (dropping row padding if the driver pads rows) and queues the buffer
 //! again. The frame carries the driver's sequence number (extended to 64 bits, continuing across reopens, so a
 //! gap means frames the driver dropped, see [`SequenceGaps`]) and its capture timestamp on CLOCK_MONOTONIC
-//! (the clock of [`crate::frame::monotonic_ns`]); a driver that stamps with another clock is logged once and its
+//! (the clock of [`crate::clock::monotonic_ns`]); a driver that stamps with another clock is logged once and its
 //! frames are stamped at dequeue instead.
 //!
 //! Faults are errors the capture loop acts on: no frame within the stall timeout is
@@ -19,14 +19,16 @@
 //! Buffers the driver marks as corrupt (`V4L2_BUF_FLAG_ERROR`) are queued again unread; they show as a sequence
 //! gap. See docs/v4l2.md.
 
+#[allow(unsafe_code)]
 mod sys;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::{CameraSettings, SourceSettings, StallTimeout};
 use super::{FrameSource, SourceError};
-use crate::config::{CameraConfig, SourceConfig, StallTimeout};
-use crate::frame::{monotonic_ns, FrameBuf, FrameMeta, PixelFormat};
+use crate::clock::monotonic_ns;
+use crate::frame::{FrameBuf, FrameMeta, PixelFormat};
 
 pub use sys::{Capabilities, FormatDesc, FrameIntervals, FrameSizes, PixFormat};
 
@@ -226,8 +228,8 @@ pub struct V4l2Source {
 impl V4l2Source {
     /// A V4L2 source for camera number `index` (the device is opened by `start`); fails if the config is not a
     /// V4L2 camera.
-    pub fn new(index: usize, camera: &CameraConfig) -> Result<V4l2Source, SourceError> {
-        let SourceConfig::V4l2 {
+    pub fn new(index: usize, camera: &CameraSettings) -> Result<V4l2Source, SourceError> {
+        let SourceSettings::V4l2 {
             device,
             buffers,
             stall,

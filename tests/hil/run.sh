@@ -97,8 +97,8 @@ if [ ! -e "$KDIR/.v4l2loopback" ]; then
 fi
 
 # 3. The test binary, built for the host target like every other test (see docs/hil.md for why not musl).
-log "building the test binary (cargo test --no-run --test hil)"
-exe=$(cd "$ROOT" && cargo test --locked --no-run --test hil --message-format=json-render-diagnostics |
+log "building the test binary (cargo test --release --no-run --test hil)"
+exe=$(cd "$ROOT" && cargo test --release --locked --no-run --test hil --message-format=json-render-diagnostics |
       sed -n '/"name":"hil"/s/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -n "$exe" ] && [ -x "$exe" ] || die "cargo did not produce the hil test binary"
 

@@ -1,21 +1,15 @@
-//! What tests/alloc_zero.rs and tests/budget.rs share: the demo pipeline as `ocellus run` builds it
-//! (synthetic camera, demo model, shared-memory sink), from a TOML configuration, with its memory plan.
+//! What tests/alloc_zero.rs and tests/budget.rs share: the demo runtime as `ocellus run` builds it
+//! (`Runtime::build`: synthetic camera, demo model, shared-memory sink, deadlines, real-time settings, the
+//! memory taken), from a TOML configuration.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use ocellus::budget::MemoryPlan;
 use ocellus::config::{Config, Origin};
-use ocellus::infer::Engine;
-use ocellus::manifest::Manifest;
-use ocellus::pipeline::{CameraSpec, Pipeline, PipelineSettings};
-use ocellus::prompts::TextEncoder;
-use ocellus::shm::{Dims, ShmSink, ShmSinkConfig, WriterConfig};
+use ocellus::runtime::{Runtime, RuntimeOptions, ShmTarget};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -51,77 +45,22 @@ pub fn config_with_threads(
         .unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-/// The pipeline of `config` with the shared-memory sink publishing into `/<shm>`, and its planned memory
-/// (checked against the budget). Nothing runs yet.
-pub fn build(config: &Config, shm: &str) -> (Pipeline, MemoryPlan) {
-    let manifest = Manifest::load(&config.model.manifest).unwrap_or_else(|e| panic!("{e}"));
-    let engine = Engine::load(&manifest, config.model.variant, config.model.threads)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut text =
-        TextEncoder::load(&manifest, config.model.variant).unwrap_or_else(|e| panic!("{e}"));
-    let plan = MemoryPlan::with_engine(
+/// The runtime of `config` as `ocellus run` builds it, publishing into `/<shm>`, with its memory taken (the
+/// frame-path region reserved, memory locked as the config says). Nothing runs yet.
+pub fn build(config: &Config, shm: &str) -> Runtime {
+    Runtime::build(
         config,
-        &manifest,
-        true,
-        engine.memory(),
-        Some((text.files(), text.memory())),
-    );
-    plan.check().unwrap_or_else(|e| panic!("{e}"));
-    let labels = config
-        .prompts
-        .load(&config.origin)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let prompts = Arc::new(ArcSwap::from_pointee(
-        text.embed(&labels).unwrap_or_else(|e| panic!("{e}")),
-    ));
-    drop(text);
-    let cameras = config
-        .cameras
-        .iter()
-        .enumerate()
-        .map(|(i, cam)| CameraSpec {
-            name: cam.name.clone(),
-            source: ocellus::source::open(i, cam).unwrap_or_else(|e| panic!("{e}")),
-            format: cam.format,
-            width: cam.width,
-            height: cam.height,
-            pool_size: cam.pool_size,
-        })
-        .collect();
-    let dims = Dims {
-        cameras: config.cameras.len(),
-        embed_dim: engine.embed_dim(),
-        num_latents: manifest.resampler.num_latents,
-        latent_dim: manifest.resampler.latent_dim,
-        max_prompts: config.prompts.max,
-        latents_dtype: config.shm.latents,
-    };
-    let mut pipeline = Pipeline::new(
-        PipelineSettings {
-            max_prompts: config.prompts.max,
-            ..PipelineSettings::default()
+        RuntimeOptions {
+            shm: ShmTarget::Named(shm.to_owned()),
+            ..RuntimeOptions::default()
         },
-        cameras,
-        engine,
-        &manifest.preprocess,
-        prompts,
-        Vec::new(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let sink = ShmSink::create(
-        &ShmSinkConfig::new(WriterConfig::new(format!("/{shm}"), dims)),
-        Some(Arc::clone(pipeline.stats())),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    pipeline
-        .add_sink(Box::new(sink))
-        .unwrap_or_else(|e| panic!("{e}"));
-    (pipeline, plan)
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Frames published so far, all cameras.
-pub fn processed(pipeline: &Pipeline) -> u64 {
-    let stats = pipeline.stats();
+pub fn processed(runtime: &Runtime) -> u64 {
+    let stats = runtime.stats();
     (0..stats.cameras())
         .map(|c| stats.camera(c).counters.processed.load(Relaxed))
         .sum()
@@ -130,7 +69,7 @@ pub fn processed(pipeline: &Pipeline) -> u64 {
 /// Waits until `frames` frames were published, calling `tick` every ~`every`; fails the test after
 /// `watchdog` (a stuck pipeline) or if the pipeline stopped.
 pub fn run_until(
-    pipeline: &Pipeline,
+    runtime: &Runtime,
     frames: u64,
     watchdog: Duration,
     every: Duration,
@@ -138,13 +77,13 @@ pub fn run_until(
 ) {
     let until = Instant::now() + watchdog;
     loop {
-        let n = processed(pipeline);
+        let n = processed(runtime);
         tick(n);
         if n >= frames {
             return;
         }
         assert!(
-            pipeline.is_running(),
+            runtime.is_running(),
             "the pipeline stopped after {n} of {frames} frames"
         );
         assert!(

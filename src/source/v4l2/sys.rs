@@ -105,7 +105,7 @@ pub struct PixFormat {
 
 /// The capture stream parameters (`VIDIOC_G_PARM` / `VIDIOC_S_PARM`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamParams {
+pub(crate) struct StreamParams {
     /// Seconds per frame as `(numerator, denominator)`; `(0, 0)` when the driver does not say.
     pub time_per_frame: (u32, u32),
     /// The driver lets the frame interval be set (`V4L2_CAP_TIMEPERFRAME`).
@@ -114,13 +114,13 @@ pub struct StreamParams {
 
 /// An open V4L2 device node. Closing never fails loudly (the descriptor is an `OwnedFd`).
 #[derive(Debug)]
-pub struct Device {
+pub(crate) struct Device {
     fd: OwnedFd,
 }
 
 /// What [`Device::poll`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// A buffer can be dequeued.
     Ready,
     /// Nothing within the timeout.
@@ -131,7 +131,7 @@ pub enum Readiness {
 
 impl Device {
     /// Opens `path` read-write, non-blocking (waits happen in [`Device::poll`]).
-    pub fn open(path: &Path) -> io::Result<Device> {
+    pub(crate) fn open(path: &Path) -> io::Result<Device> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -161,7 +161,7 @@ impl Device {
     }
 
     /// `VIDIOC_QUERYCAP`.
-    pub fn capabilities(&self) -> io::Result<Capabilities> {
+    pub(crate) fn capabilities(&self) -> io::Result<Capabilities> {
         let mut cap = zeroed::<k::v4l2_capability>();
         // SAFETY: VIDIOC_QUERYCAP takes a v4l2_capability.
         unsafe { self.ioctl(vidioc::VIDIOC_QUERYCAP, &mut cap)? };
@@ -179,7 +179,7 @@ impl Device {
     }
 
     /// Every capture format (`VIDIOC_ENUM_FMT` until the driver says there are no more).
-    pub fn formats(&self) -> io::Result<Vec<FormatDesc>> {
+    pub(crate) fn formats(&self) -> io::Result<Vec<FormatDesc>> {
         let mut out = Vec::new();
         for index in 0..1024 {
             let mut desc = zeroed::<k::v4l2_fmtdesc>();
@@ -201,7 +201,7 @@ impl Device {
     }
 
     /// Frame sizes of `fourcc` (empty when the driver does not enumerate them).
-    pub fn frame_sizes(&self, fourcc: u32) -> io::Result<Vec<FrameSizes>> {
+    pub(crate) fn frame_sizes(&self, fourcc: u32) -> io::Result<Vec<FrameSizes>> {
         let mut out = Vec::new();
         for index in 0..1024 {
             let mut e = zeroed::<k::v4l2_frmsizeenum>();
@@ -238,7 +238,7 @@ impl Device {
     }
 
     /// Frame intervals of `fourcc` at `width` x `height` (empty when the driver does not enumerate them).
-    pub fn frame_intervals(
+    pub(crate) fn frame_intervals(
         &self,
         fourcc: u32,
         width: u32,
@@ -276,7 +276,7 @@ impl Device {
     }
 
     /// `VIDIOC_G_FMT`.
-    pub fn format(&self) -> io::Result<PixFormat> {
+    pub(crate) fn format(&self) -> io::Result<PixFormat> {
         let mut f = zeroed::<k::v4l2_format>();
         f.type_ = CAPTURE;
         // SAFETY: VIDIOC_G_FMT takes a v4l2_format.
@@ -285,7 +285,7 @@ impl Device {
     }
 
     /// `VIDIOC_S_FMT` for progressive frames; returns what the driver chose (it adjusts, it rarely refuses).
-    pub fn set_format(&self, width: u32, height: u32, fourcc: u32) -> io::Result<PixFormat> {
+    pub(crate) fn set_format(&self, width: u32, height: u32, fourcc: u32) -> io::Result<PixFormat> {
         let mut f = zeroed::<k::v4l2_format>();
         f.type_ = CAPTURE;
         // The `pix` member of the union: the one single-planar capture uses.
@@ -299,7 +299,7 @@ impl Device {
     }
 
     /// `VIDIOC_G_PARM`.
-    pub fn params(&self) -> io::Result<StreamParams> {
+    pub(crate) fn params(&self) -> io::Result<StreamParams> {
         let mut p = zeroed::<k::v4l2_streamparm>();
         p.type_ = CAPTURE;
         // SAFETY: VIDIOC_G_PARM takes a v4l2_streamparm.
@@ -309,7 +309,7 @@ impl Device {
 
     /// `VIDIOC_S_PARM` with a frame interval of `numerator / denominator` seconds; returns what the driver
     /// chose.
-    pub fn set_frame_interval(&self, numerator: u32, denominator: u32) -> io::Result<StreamParams> {
+    pub(crate) fn set_frame_interval(&self, numerator: u32, denominator: u32) -> io::Result<StreamParams> {
         let mut p = zeroed::<k::v4l2_streamparm>();
         p.type_ = CAPTURE;
         // The `capture` member of the union: the one capture streams use.
@@ -322,7 +322,7 @@ impl Device {
 
     /// Waits up to `timeout_ms` for a filled buffer. An interrupted wait returns `TimedOut` early; the caller
     /// keeps its own deadline.
-    pub fn poll(&self, timeout_ms: i32) -> io::Result<Readiness> {
+    pub(crate) fn poll(&self, timeout_ms: i32) -> io::Result<Readiness> {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -351,7 +351,7 @@ impl Device {
 
 /// One dequeued buffer's description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dequeued {
+pub(crate) struct Dequeued {
     pub index: usize,
     pub bytes_used: usize,
     /// `V4L2_BUF_FLAG_*`.
@@ -363,12 +363,12 @@ pub struct Dequeued {
 
 impl Dequeued {
     /// The driver marked the data as corrupt (`V4L2_BUF_FLAG_ERROR`).
-    pub fn is_error(&self) -> bool {
+    pub(crate) fn is_error(&self) -> bool {
         self.flags & k::V4L2_BUF_FLAG_ERROR != 0
     }
 
     /// The timestamp is on CLOCK_MONOTONIC (`V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC`).
-    pub fn is_monotonic(&self) -> bool {
+    pub(crate) fn is_monotonic(&self) -> bool {
         self.flags & k::V4L2_BUF_FLAG_TIMESTAMP_MASK == k::V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC
     }
 }
@@ -382,7 +382,7 @@ struct Mapping {
 ///
 /// Made in `start`, dropped in `stop`: requesting, mapping and unmapping are the only allocations of V4L2
 /// capture, and they happen at (re)open only.
-pub struct MmapRing {
+pub(crate) struct MmapRing {
     maps: Vec<Mapping>,
     streaming: bool,
 }
@@ -393,7 +393,7 @@ unsafe impl Send for MmapRing {}
 
 impl MmapRing {
     /// Requests `count` buffers (the driver may grant another number, at least 1) and maps them.
-    pub fn new(dev: &Device, count: u32) -> io::Result<MmapRing> {
+    pub(crate) fn new(dev: &Device, count: u32) -> io::Result<MmapRing> {
         let mut req = zeroed::<k::v4l2_requestbuffers>();
         req.count = count;
         req.type_ = CAPTURE;
@@ -449,12 +449,12 @@ impl MmapRing {
     }
 
     /// Number of buffers the driver granted.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.maps.len()
     }
 
     /// Hands buffer `index` to the driver to fill (`VIDIOC_QBUF`).
-    pub fn queue(&self, dev: &Device, index: usize) -> io::Result<()> {
+    pub(crate) fn queue(&self, dev: &Device, index: usize) -> io::Result<()> {
         let mut buf = zeroed::<k::v4l2_buffer>();
         buf.index = index as u32;
         buf.type_ = CAPTURE;
@@ -464,7 +464,7 @@ impl MmapRing {
     }
 
     /// Queues every buffer and starts streaming (`VIDIOC_STREAMON`).
-    pub fn start(&mut self, dev: &Device) -> io::Result<()> {
+    pub(crate) fn start(&mut self, dev: &Device) -> io::Result<()> {
         for index in 0..self.maps.len() {
             self.queue(dev, index)?;
         }
@@ -476,7 +476,7 @@ impl MmapRing {
     }
 
     /// Takes a filled buffer from the driver (`VIDIOC_DQBUF`); `WouldBlock` when none is ready.
-    pub fn dequeue(&self, dev: &Device) -> io::Result<Dequeued> {
+    pub(crate) fn dequeue(&self, dev: &Device) -> io::Result<Dequeued> {
         let mut buf = zeroed::<k::v4l2_buffer>();
         buf.type_ = CAPTURE;
         buf.memory = MMAP;
@@ -502,7 +502,7 @@ impl MmapRing {
     }
 
     /// The bytes of buffer `index` (its whole mapped length). Read it between `dequeue` and `queue`.
-    pub fn data(&self, index: usize) -> &[u8] {
+    pub(crate) fn data(&self, index: usize) -> &[u8] {
         let m = &self.maps[index];
         // SAFETY: the mapping is `len` bytes, readable, and lives until `release`/drop, which need `&mut self`
         // and so cannot run while this borrow lives. The driver writes only buffers that are queued; the
@@ -512,7 +512,7 @@ impl MmapRing {
 
     /// Stops streaming, unmaps the buffers and frees them in the driver (`VIDIOC_REQBUFS` 0). Errors are
     /// ignored: the device may be gone, and the mappings are unmapped regardless.
-    pub fn release(&mut self, dev: &Device) {
+    pub(crate) fn release(&mut self, dev: &Device) {
         if self.streaming {
             let mut typ = CAPTURE as libc::c_int;
             // SAFETY: VIDIOC_STREAMOFF takes an int (the buffer type).

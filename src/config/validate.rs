@@ -1,0 +1,563 @@
+//! From the file's shape to typed values; every error names its key.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::defaults::{self, *};
+use super::raw::*;
+use super::{
+    Budgets, Config, ConfigError, LogFormat, LoggingConfig, ModelConfig, Origin, ShmConfig,
+    DEFAULT_MANIFEST,
+};
+use crate::alloc::MemorySettings;
+use crate::frame::PixelFormat;
+use crate::manifest::Variant;
+use crate::pipeline::TestHooks;
+use crate::prompts::{check_prompts, PromptSettings};
+use crate::rt::RealtimeSettings;
+use crate::source::{CameraSettings, SourceKind, SourceSettings, StallTimeout};
+
+pub(super) struct Validator<'a> {
+    pub(super) origin: &'a Origin,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            self.origin.base_dir().join(p)
+        }
+    }
+
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let raw_cameras = raw.camera.unwrap_or_default();
+        if raw_cameras.is_empty() {
+            return Err(self.err(
+                "camera",
+                "no [[camera]] table: add at least one (source = \"synthetic\" runs the demo scenes)",
+            ));
+        }
+        let mut cameras = Vec::with_capacity(raw_cameras.len());
+        let mut names = HashSet::new();
+        for (i, rc) in raw_cameras.into_iter().enumerate() {
+            let camera = self.camera(i, rc)?;
+            if !names.insert(camera.name.clone()) {
+                return Err(self.err(
+                    format!("camera[{i}].name"),
+                    format!(
+                        "camera name '{}' is used twice: give each camera its own name",
+                        camera.name
+                    ),
+                ));
+            }
+            cameras.push(camera);
+        }
+        let config = Config {
+            cameras,
+            model: self.model(raw.model)?,
+            prompts: self.prompts(raw.prompts)?,
+            budgets: self.budgets(raw.budgets)?,
+            shm: self.shm(raw.shm)?,
+            logging: self.logging(raw.logging)?,
+            memory: self.memory(raw.memory)?,
+            realtime: self.realtime(raw.realtime)?,
+            testing: self.testing(raw.testing)?,
+            origin: self.origin.clone(),
+        };
+        Ok(config)
+    }
+
+    fn camera(&self, i: usize, rc: RawCamera) -> Result<CameraSettings, ConfigError> {
+        let key = |k: &str| format!("camera[{i}].{k}");
+        let name = rc.name.unwrap_or_else(|| format!("cam{i}"));
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return Err(self.err(
+                key("name"),
+                "a camera name must be non-blank printable text",
+            ));
+        }
+        let kind = match rc.source.as_deref().unwrap_or("synthetic") {
+            "synthetic" => SourceKind::Synthetic,
+            "replay" => SourceKind::Replay,
+            "v4l2" => SourceKind::V4l2,
+            other => {
+                return Err(self.err(
+                    key("source"),
+                    format!("unknown source '{other}' (expected one of synthetic, replay, v4l2)"),
+                ))
+            }
+        };
+        let format_name = rc.pixel_format.as_deref().unwrap_or(defaults::PIXEL_FORMAT);
+        let format = PixelFormat::from_name(format_name).ok_or_else(|| {
+            self.err(
+                key("pixel-format"),
+                format!(
+                    "unknown format '{format_name}' (expected one of {})",
+                    PixelFormat::names()
+                ),
+            )
+        })?;
+        let width = rc.width.unwrap_or(defaults::WIDTH);
+        let height = rc.height.unwrap_or(defaults::HEIGHT);
+        if let Err(why) = format.check_size(width, height) {
+            let k = if width == 0 || width > 16_384 {
+                "width"
+            } else if height == 0 || height > 16_384 {
+                "height"
+            } else if width % 2 != 0 {
+                "width"
+            } else {
+                "height"
+            };
+            return Err(self.err(key(k), format!("{width}x{height} {format}: {why}")));
+        }
+        let fps = rc.fps.unwrap_or(defaults::FPS);
+        if fps > MAX_FPS {
+            return Err(self.err(
+                key("fps"),
+                format!("{fps} is above {MAX_FPS}; use 0 for as fast as possible"),
+            ));
+        }
+        let pool_size = rc.pool_size.unwrap_or(defaults::POOL_SIZE);
+        if !(3..=MAX_POOL_SIZE).contains(&pool_size) {
+            return Err(self.err(
+                key("pool-size"),
+                format!(
+                    "{pool_size} is outside 3..={MAX_POOL_SIZE} (one buffer being captured, one waiting, one being prepared)"
+                ),
+            ));
+        }
+        let only = |k: &str, present: bool, for_kind: SourceKind| -> Result<(), ConfigError> {
+            if present && kind != for_kind {
+                Err(self.err(
+                    key(k),
+                    format!("only applies to source = \"{for_kind}\", this camera is \"{kind}\": remove the key"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        only(
+            "hold-frames",
+            rc.hold_frames.is_some(),
+            SourceKind::Synthetic,
+        )?;
+        only("seed", rc.seed.is_some(), SourceKind::Synthetic)?;
+        only("path", rc.path.is_some(), SourceKind::Replay)?;
+        only("loop", rc.looping.is_some(), SourceKind::Replay)?;
+        only("device", rc.device.is_some(), SourceKind::V4l2)?;
+        only("buffers", rc.buffers.is_some(), SourceKind::V4l2)?;
+        only(
+            "stall-periods",
+            rc.stall_periods.is_some(),
+            SourceKind::V4l2,
+        )?;
+        only(
+            "stall-timeout-ms",
+            rc.stall_timeout_ms.is_some(),
+            SourceKind::V4l2,
+        )?;
+        let source = match kind {
+            SourceKind::Synthetic => {
+                let hold_frames = rc.hold_frames.unwrap_or(defaults::HOLD_FRAMES);
+                if hold_frames == 0 {
+                    return Err(self.err(key("hold-frames"), "must be at least 1"));
+                }
+                SourceSettings::Synthetic {
+                    seed: rc.seed.unwrap_or(defaults::SEED),
+                    hold_frames,
+                }
+            }
+            SourceKind::Replay => {
+                let path = rc.path.ok_or_else(|| {
+                    self.err(key("path"), "a replay camera needs path = a directory of PNG/JPEG images or a recorded .raw file")
+                })?;
+                let path = self.resolve(&path);
+                SourceSettings::Replay {
+                    path,
+                    looping: rc.looping.unwrap_or(true),
+                }
+            }
+            SourceKind::V4l2 => {
+                let device = rc.device.ok_or_else(|| {
+                    self.err(
+                        key("device"),
+                        "a v4l2 camera needs device = \"/dev/video0\" (or a /dev/v4l/by-id/... name)",
+                    )
+                })?;
+                if device.trim().is_empty() {
+                    return Err(self.err(
+                        key("device"),
+                        "is empty: give the device, e.g. \"/dev/video0\" or a /dev/v4l/by-id/... name (`ocellus cameras` lists them)",
+                    ));
+                }
+                let buffers = rc.buffers.unwrap_or(defaults::V4L2_BUFFERS);
+                if !(MIN_V4L2_BUFFERS..=MAX_V4L2_BUFFERS).contains(&buffers) {
+                    return Err(self.err(
+                        key("buffers"),
+                        format!("{buffers} is outside {MIN_V4L2_BUFFERS}..={MAX_V4L2_BUFFERS} (driver buffers: one being filled, one being copied out, more absorb scheduling delays)"),
+                    ));
+                }
+                let stall = match (rc.stall_periods, rc.stall_timeout_ms) {
+                    (Some(_), Some(_)) => {
+                        return Err(self.err(
+                            key("stall-timeout-ms"),
+                            "stall-periods is set too: give one of them (stall-timeout-ms is a fixed time, stall-periods a multiple of the frame period)",
+                        ))
+                    }
+                    (_, Some(ms)) => {
+                        if !ms.is_finite() || !(MIN_STALL_MS..=MAX_DEADLINE_MS).contains(&ms) {
+                            return Err(self.err(
+                                key("stall-timeout-ms"),
+                                format!("{ms} ms is outside {MIN_STALL_MS}..={MAX_DEADLINE_MS} ms"),
+                            ));
+                        }
+                        StallTimeout::Fixed(Duration::from_secs_f64(ms / 1000.0))
+                    }
+                    (periods, None) => {
+                        let n = periods.unwrap_or(defaults::STALL_PERIODS);
+                        if !(2..=MAX_STALL_PERIODS).contains(&n) {
+                            return Err(self.err(
+                                key("stall-periods"),
+                                format!("{n} is outside 2..={MAX_STALL_PERIODS} (frame periods without a frame before the camera counts as stalled)"),
+                            ));
+                        }
+                        StallTimeout::Periods(n)
+                    }
+                };
+                SourceSettings::V4l2 {
+                    device: PathBuf::from(device),
+                    buffers,
+                    stall,
+                }
+            }
+        };
+        Ok(CameraSettings {
+            name,
+            source,
+            format,
+            width,
+            height,
+            fps,
+            pool_size,
+        })
+    }
+
+    fn model(&self, rm: RawModel) -> Result<ModelConfig, ConfigError> {
+        let manifest = match rm.manifest {
+            Some(p) if p.trim().is_empty() => {
+                return Err(self.err(
+                    "model.manifest",
+                    "is empty: give the path of a bundle's manifest.toml",
+                ))
+            }
+            Some(p) => self.resolve(&p),
+            None => self.default_manifest(),
+        };
+        let variant = match rm.variant.as_deref().unwrap_or("fp32") {
+            "fp32" => Variant::Fp32,
+            "int8" => Variant::Int8,
+            other => {
+                return Err(self.err(
+                    "model.variant",
+                    format!("unknown variant '{other}' (expected fp32 or int8)"),
+                ))
+            }
+        };
+        let threads = rm.threads.unwrap_or(defaults::THREADS);
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(self.err(
+                "model.threads",
+                format!("{threads} is outside 1..={MAX_THREADS}"),
+            ));
+        }
+        Ok(ModelConfig {
+            manifest,
+            variant,
+            threads,
+        })
+    }
+
+    fn default_manifest(&self) -> PathBuf {
+        match self.origin {
+            Origin::File(_) => self.origin.base_dir().join(DEFAULT_MANIFEST),
+            Origin::Embedded => {
+                let here = PathBuf::from(DEFAULT_MANIFEST);
+                if here.is_file() {
+                    return here;
+                }
+                let installed = std::env::current_exe().ok().and_then(|exe| {
+                    let p = exe
+                        .parent()?
+                        .join("../share/ocellus")
+                        .join(DEFAULT_MANIFEST);
+                    p.is_file().then_some(p)
+                });
+                installed.unwrap_or(here)
+            }
+        }
+    }
+
+    fn prompts(&self, rp: RawPrompts) -> Result<PromptSettings, ConfigError> {
+        let max = rp.max.unwrap_or(defaults::PROMPTS_MAX);
+        if !(1..=MAX_PROMPTS).contains(&max) {
+            return Err(self.err("prompts.max", format!("{max} is outside 1..={MAX_PROMPTS}")));
+        }
+        let file = match rp.file {
+            Some(f) if f.trim().is_empty() => {
+                return Err(self.err("prompts.file", "is empty: give a path or remove the key"))
+            }
+            Some(f) => Some(self.resolve(&f)),
+            None => None,
+        };
+        let labels: Vec<String> = match (rp.labels, &file) {
+            (Some(labels), _) => labels.into_iter().map(|l| l.trim().to_owned()).collect(),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => crate::scene::PROMPTS
+                .iter()
+                .map(|&p| p.to_owned())
+                .collect(),
+        };
+        // The labels alone must keep the rules; with a file, the whole set is checked once it is read.
+        if file.is_none() || !labels.is_empty() {
+            check_prompts(&labels, max).map_err(|e| match e {
+                crate::prompts::PromptError::Rule { key, message } => self.err(key, message),
+                other => self.err("prompts", other.to_string()),
+            })?;
+        }
+        Ok(PromptSettings { labels, file, max })
+    }
+
+    fn budgets(&self, rb: RawBudgets) -> Result<Budgets, ConfigError> {
+        if rb.capture_ms.is_some() {
+            return Err(self.err(
+                "budgets.capture-ms",
+                "was renamed budgets.dequeue-ms (the time from a frame's capture timestamp to the inference thread taking it): rename the key",
+            ));
+        }
+        let memory_mib = rb.memory_mib.unwrap_or(defaults::MEMORY_MIB);
+        if memory_mib == 0 {
+            return Err(self.err("budgets.memory-mib", "must be at least 1"));
+        }
+        let ms = |k: &str, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            if !v.is_finite() || v <= 0.0 || v > MAX_DEADLINE_MS {
+                return Err(self.err(
+                    format!("budgets.{k}"),
+                    format!("{v} ms: a deadline must be above 0 and at most {MAX_DEADLINE_MS} ms"),
+                ));
+            }
+            Ok(Duration::from_secs_f64(v / 1000.0))
+        };
+        Ok(Budgets {
+            memory_mib,
+            dequeue: ms("dequeue-ms", rb.dequeue_ms, defaults::DEQUEUE_MS)?,
+            prepare: ms("prepare-ms", rb.prepare_ms, defaults::PREPARE_MS)?,
+            encoder: ms("encoder-ms", rb.encoder_ms, defaults::ENCODER_MS)?,
+            resampler: ms("resampler-ms", rb.resampler_ms, defaults::RESAMPLER_MS)?,
+            publish: ms("publish-ms", rb.publish_ms, defaults::PUBLISH_MS)?,
+            end_to_end: ms("end-to-end-ms", rb.end_to_end_ms, defaults::END_TO_END_MS)?,
+        })
+    }
+
+    fn shm(&self, rs: RawShm) -> Result<ShmConfig, ConfigError> {
+        let name = rs.name.unwrap_or_else(|| defaults::SHM_NAME.to_owned());
+        let posix = crate::shm::segment_name(&name).map_err(|m| self.err("shm.name", m))?;
+        let bare = posix.trim_start_matches('/');
+        let mode = match rs.mode {
+            None => defaults::SHM_MODE,
+            Some(m) => {
+                let digits = m.strip_prefix("0o").unwrap_or(&m);
+                let mode = u32::from_str_radix(digits, 8)
+                    .ok()
+                    .filter(|&v| v <= 0o777 && !digits.is_empty())
+                    .ok_or_else(|| {
+                        self.err(
+                            "shm.mode",
+                            format!("'{m}' is not an octal permission like \"0640\""),
+                        )
+                    })?;
+                if mode & 0o600 != 0o600 {
+                    return Err(self.err(
+                        "shm.mode",
+                        format!("'{m}' leaves the owner without read and write; ocellus writes the segment: use e.g. \"0640\""),
+                    ));
+                }
+                mode
+            }
+        };
+        let group = match rs.group {
+            Some(g) if g.trim().is_empty() => {
+                return Err(self.err("shm.group", "is empty: give a group name or remove the key"))
+            }
+            g => g,
+        };
+        let latents = match rs.latents.as_deref() {
+            None | Some("f32") => crate::shm::LatentsDtype::F32,
+            Some("f16") => crate::shm::LatentsDtype::F16,
+            Some(other) => {
+                return Err(self.err(
+                    "shm.latents",
+                    format!("unknown element type '{other}' (expected \"f32\" or \"f16\")"),
+                ))
+            }
+        };
+        Ok(ShmConfig {
+            name: bare.to_owned(),
+            mode,
+            group,
+            latents,
+        })
+    }
+
+    fn realtime(&self, rr: RawRealtime) -> Result<RealtimeSettings, ConfigError> {
+        use crate::rt::{check_cpus, check_priority, ThreadPolicy};
+        let policy = |role: &str, cpus: Option<Vec<usize>>, priority: Option<i64>| {
+            Ok::<_, ConfigError>(ThreadPolicy {
+                cpus: match cpus {
+                    Some(c) => {
+                        check_cpus(&c).map_err(|m| self.err(format!("realtime.{role}-cpus"), m))?
+                    }
+                    None => Vec::new(),
+                },
+                fifo_priority: priority
+                    .map(check_priority)
+                    .transpose()
+                    .map_err(|m| self.err(format!("realtime.{role}-priority"), m))?,
+            })
+        };
+        Ok(RealtimeSettings {
+            capture: policy("capture", rr.capture_cpus, rr.capture_priority)?,
+            inference: policy("inference", rr.inference_cpus, rr.inference_priority)?,
+            strict: rr.strict.unwrap_or(false),
+        })
+    }
+
+    fn testing(&self, rt: RawTesting) -> Result<TestHooks, ConfigError> {
+        use crate::stats::Stage;
+        let delay = match (rt.delay_stage.as_deref(), rt.delay_ms) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err(
+                    "testing.delay-ms",
+                    "testing.delay-stage is set without it: give the delay in ms, or remove both",
+                ))
+            }
+            (None, Some(_)) => return Err(self.err(
+                "testing.delay-stage",
+                "testing.delay-ms is set without it: name the stage to slow down, or remove both",
+            )),
+            (Some(name), Some(ms)) => {
+                let stage = match name {
+                    "dequeue" => Stage::Dequeue,
+                    "capture" => {
+                        return Err(self.err(
+                            "testing.delay-stage",
+                            "the stage \"capture\" was renamed \"dequeue\" (as in budgets.dequeue-ms): write delay-stage = \"dequeue\"",
+                        ))
+                    }
+                    "prepare" => Stage::Prepare,
+                    "encoder" => Stage::Encoder,
+                    "resampler" => Stage::Resampler,
+                    "publish" => Stage::Publish,
+                    other => {
+                        return Err(self.err(
+                            "testing.delay-stage",
+                            format!("unknown stage '{other}' (expected one of dequeue, prepare, encoder, resampler, publish)"),
+                        ))
+                    }
+                };
+                if !ms.is_finite() || ms <= 0.0 || ms > MAX_DEADLINE_MS {
+                    return Err(self.err(
+                        "testing.delay-ms",
+                        format!("{ms} ms: give a delay above 0 and at most {MAX_DEADLINE_MS} ms"),
+                    ));
+                }
+                Some((stage, Duration::from_secs_f64(ms / 1000.0)))
+            }
+        };
+        if rt.stall_after_frames == Some(0) {
+            return Err(self.err(
+                "testing.stall-after-frames",
+                "must be at least 1 (frames published before the inference thread stalls)",
+            ));
+        }
+        Ok(TestHooks {
+            delay,
+            stall_after_frames: rt.stall_after_frames,
+        })
+    }
+
+    fn memory(&self, rm: RawMemory) -> Result<MemorySettings, ConfigError> {
+        let d = MemorySettings::default();
+        let arena_mib = match rm.arena_mib {
+            None | Some(0) => None,
+            Some(m) if m > MAX_ARENA_MIB => {
+                return Err(self.err(
+                    "memory.arena-mib",
+                    format!("{m} is above {MAX_ARENA_MIB}; leave it out (or 0) to size the region from the model"),
+                ))
+            }
+            Some(m) => Some(m),
+        };
+        let lock = rm.lock.unwrap_or(d.lock);
+        let lock_required = rm.lock_required.unwrap_or(d.lock_required);
+        if lock_required && !lock {
+            return Err(self.err(
+                "memory.lock-required",
+                "is true but memory.lock is false: set memory.lock = true or drop lock-required",
+            ));
+        }
+        Ok(MemorySettings {
+            lock,
+            lock_required,
+            arena_mib,
+        })
+    }
+
+    fn logging(&self, rl: RawLogging) -> Result<LoggingConfig, ConfigError> {
+        let level = match rl
+            .level
+            .as_deref()
+            .unwrap_or("info")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "error" => tracing::Level::ERROR,
+            "warn" => tracing::Level::WARN,
+            "info" => tracing::Level::INFO,
+            "debug" => tracing::Level::DEBUG,
+            "trace" => tracing::Level::TRACE,
+            other => {
+                return Err(self.err(
+                    "logging.level",
+                    format!(
+                        "unknown level '{other}' (expected one of error, warn, info, debug, trace)"
+                    ),
+                ))
+            }
+        };
+        let format = match rl.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(self.err(
+                    "logging.format",
+                    format!("unknown format '{other}' (expected text or json)"),
+                ))
+            }
+        };
+        Ok(LoggingConfig { level, format })
+    }
+}

@@ -1,0 +1,291 @@
+//! The phases of start-up, shared by [`Runtime::build`] (which stops at the first error) and
+//! [`super::check`] (which runs every phase it can and reports every problem).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::memory::{self, ModelMemory};
+use super::{BuildError, ModelInfo, Prompts, Runtime, RuntimeOptions, ShmTarget};
+use crate::budget::MemoryPlan;
+use crate::config::Config;
+use crate::infer::Engine;
+use crate::manifest::{Manifest, ModelRole};
+use crate::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
+use crate::prompts::{PromptError, PromptWatcher, TextEncoder, POLL_INTERVAL};
+use crate::shm::{Dims, WriterConfig};
+use crate::sink::{LogSink, ShmSink, ShmSinkConfig, Sink};
+use crate::source::{self, SourceSettings};
+use crate::stats::Stage;
+
+pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime, BuildError> {
+    let manifest = manifest(config)?;
+    for index in 0..config.cameras.len() {
+        probe_camera(config, index)?;
+    }
+    let with_shm = options.shm != ShmTarget::Off;
+    // Refuse a configuration that cannot fit before loading the models, then again with their plans.
+    estimate(config, &manifest, with_shm)?;
+    let engine = engine(config, &manifest)?;
+    tracing::info!(
+        model = %manifest.name,
+        variant = %config.model.variant,
+        threads = config.model.threads,
+        "models loaded"
+    );
+    let encoder = text_encoder(config, &manifest)?;
+    let plan = plan(config, &manifest, with_shm, &engine, &encoder)?;
+    let prompts = prompts(config, encoder)?;
+
+    let cameras = (0..config.cameras.len())
+        .map(|index| open_camera(config, index))
+        .collect::<Result<Vec<_>, _>>()?;
+    if config.testing.is_active() {
+        tracing::warn!(testing = ?config.testing, "test aids from [testing] are on: frames are slowed or stalled on purpose");
+    }
+    let model = ModelInfo {
+        name: manifest.name.clone(),
+        variant: config.model.variant,
+        threads: config.model.threads,
+        embed_dim: engine.embed_dim(),
+    };
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LogSink::new())];
+    let mut pipeline = Pipeline::new(
+        settings(config, options.max_frames),
+        cameras,
+        engine,
+        &manifest.preprocess,
+        Arc::clone(&prompts.current),
+        sinks,
+    )
+    .map_err(BuildError::config)?;
+    let segment = match shm_sink(config, &options.shm, &manifest, pipeline.stats())? {
+        Some(sink) => {
+            let name = sink.writer().name().to_owned();
+            tracing::info!(segment = %name, "publishing into shared memory");
+            pipeline
+                .add_sink(Box::new(sink))
+                .map_err(BuildError::runtime)?;
+            Some(name)
+        }
+        None => None,
+    };
+    for make in options.extra_sinks {
+        let sink = make(Arc::clone(pipeline.stats()));
+        pipeline.add_sink(sink).map_err(BuildError::runtime)?;
+    }
+    let taken = if options.take_memory {
+        let taken = memory::take(&plan, &config.memory).map_err(BuildError::config)?;
+        tracing::info!(
+            planned_mib = plan.total_bytes() / (1 << 20),
+            budget_mib = config.budgets.memory_mib,
+            region_kib = taken.arena_bytes / 1024,
+            locked = taken.locked,
+            "memory budget checked; frame-path region reserved"
+        );
+        Some(taken)
+    } else {
+        None
+    };
+    Ok(Runtime {
+        pipeline,
+        prompts,
+        plan,
+        taken,
+        model,
+        segment,
+    })
+}
+
+/// Phase 1: the bundle's manifest.
+pub(super) fn manifest(config: &Config) -> Result<Manifest, BuildError> {
+    Manifest::load(&config.model.manifest).map_err(BuildError::config)
+}
+
+/// Phase 2: what can be known of camera `index` without opening it: a replay's files exist and hold frames of
+/// the configured format and size. Errors name the camera's key.
+pub fn probe_camera(config: &Config, index: usize) -> Result<(), BuildError> {
+    let cam = &config.cameras[index];
+    let SourceSettings::Replay { path, .. } = &cam.source else {
+        return Ok(());
+    };
+    let key = |k: &str| format!("config {}: camera[{index}].{k}", config.origin);
+    let probe = source::replay::probe(path)
+        .map_err(|e| BuildError::config(format!("{}: {e}", key("path"))))?;
+    if !probe.formats.contains(&cam.format) {
+        let can: Vec<&str> = probe.formats.iter().map(|f| f.name()).collect();
+        return Err(BuildError::config(format!(
+            "{}: replay {} cannot deliver {}: it holds {} (set pixel-format to one of {})",
+            key("pixel-format"),
+            path.display(),
+            cam.format,
+            probe.what,
+            can.join(", ")
+        )));
+    }
+    if let Some((w, h)) = probe.size {
+        if (w, h) != (cam.width, cam.height) {
+            return Err(BuildError::config(format!(
+                "{}: replay {} holds {w}x{h} frames, not {}x{}: set width = {w}, height = {h}",
+                key(if w != cam.width { "width" } else { "height" }),
+                path.display(),
+                cam.width,
+                cam.height
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Phase 3: the plan from the configuration and the manifest alone, checked.
+pub(super) fn estimate(
+    config: &Config,
+    manifest: &Manifest,
+    with_shm: bool,
+) -> Result<MemoryPlan, BuildError> {
+    let plan = memory::plan(config, manifest, with_shm, None);
+    plan.check().map_err(BuildError::config)?;
+    Ok(plan)
+}
+
+/// Phase 4: the vision encoder and resampler, verified, loaded and planned.
+pub(super) fn engine(config: &Config, manifest: &Manifest) -> Result<Engine, BuildError> {
+    Engine::load(manifest, config.model.variant, config.model.threads).map_err(BuildError::config)
+}
+
+/// Phase 5a: the text encoder and tokenizer.
+pub(super) fn text_encoder(
+    config: &Config,
+    manifest: &Manifest,
+) -> Result<TextEncoder, BuildError> {
+    TextEncoder::load(manifest, config.model.variant).map_err(BuildError::config)
+}
+
+/// A prompt error as a configuration error naming its key.
+pub(super) fn prompt_error(config: &Config, e: PromptError) -> BuildError {
+    match e {
+        PromptError::Rule { key, message } => {
+            BuildError::config(format!("config {}: {key}: {message}", config.origin))
+        }
+        e @ (PromptError::Read { .. } | PromptError::Empty { .. }) => {
+            BuildError::config(format!("config {}: prompts.file: {e}", config.origin))
+        }
+        e => BuildError::config(e),
+    }
+}
+
+/// Phase 5b: the prompt set (labels, then the file's prompts), checked and embedded; with a file, the
+/// watcher that re-embeds it when it changes.
+pub(super) fn prompts(config: &Config, mut encoder: TextEncoder) -> Result<Prompts, BuildError> {
+    if config.prompts.file.is_some() {
+        let watcher = PromptWatcher::start(encoder, config.prompts.clone(), POLL_INTERVAL)
+            .map_err(|e| prompt_error(config, e))?;
+        return Ok(Prompts {
+            current: watcher.prompts(),
+            watcher: Some(watcher),
+        });
+    }
+    let labels = config
+        .prompts
+        .current()
+        .map_err(|e| prompt_error(config, e))?;
+    let set = encoder.embed(&labels).map_err(BuildError::config)?;
+    tracing::info!(prompts = set.len(), "prompts embedded");
+    Ok(Prompts {
+        current: Arc::new(ArcSwap::from_pointee(set)),
+        watcher: None,
+    })
+}
+
+/// Phase 6: the plan with the planned models' figures, checked.
+pub(super) fn plan(
+    config: &Config,
+    manifest: &Manifest,
+    with_shm: bool,
+    engine: &Engine,
+    encoder: &TextEncoder,
+) -> Result<MemoryPlan, BuildError> {
+    let models = ModelMemory {
+        engine: engine.memory(),
+        text_files: encoder.files(),
+        text_run: encoder.memory(),
+    };
+    let plan = memory::plan(config, manifest, with_shm, Some(&models));
+    plan.check().map_err(BuildError::config)?;
+    Ok(plan)
+}
+
+/// Phase 7a: camera `index`'s source, made (not started).
+pub(super) fn open_camera(config: &Config, index: usize) -> Result<CameraSpec, BuildError> {
+    let cam = &config.cameras[index];
+    let source = source::open(index, cam).map_err(|e| {
+        BuildError::config(format!("config {}: camera[{index}]: {e}", config.origin))
+    })?;
+    Ok(CameraSpec {
+        name: cam.name.clone(),
+        source,
+        format: cam.format,
+        width: cam.width,
+        height: cam.height,
+        pool_size: cam.pool_size,
+    })
+}
+
+/// The pipeline's settings from the configuration.
+pub(super) fn settings(config: &Config, max_frames: Option<u64>) -> PipelineSettings {
+    let b = &config.budgets;
+    PipelineSettings {
+        deadlines: Deadlines::default()
+            .with(Stage::Dequeue, Some(b.dequeue))
+            .with(Stage::Prepare, Some(b.prepare))
+            .with(Stage::Encoder, Some(b.encoder))
+            .with(Stage::Resampler, Some(b.resampler))
+            .with(Stage::Publish, Some(b.publish))
+            .with(Stage::EndToEnd, Some(b.end_to_end)),
+        max_frames,
+        max_prompts: config.prompts.max,
+        realtime: config.realtime.clone(),
+        test_hooks: config.testing,
+        ground_truth: Some(crate::scene::class_prompt),
+        ..PipelineSettings::default()
+    }
+}
+
+/// The shared-memory segment's dimensions for this configuration and bundle.
+pub(super) fn shm_dims(config: &Config, manifest: &Manifest) -> Dims {
+    Dims {
+        cameras: config.cameras.len(),
+        embed_dim: manifest.embed_dim,
+        num_latents: manifest.resampler.num_latents,
+        latent_dim: manifest.resampler.latent_dim,
+        max_prompts: config.prompts.max,
+        latents_dtype: config.shm.latents,
+    }
+}
+
+/// Phase 7c: the shared-memory sink, unless publishing is off.
+fn shm_sink(
+    config: &Config,
+    target: &ShmTarget,
+    manifest: &Manifest,
+    stats: &Arc<crate::stats::Stats>,
+) -> Result<Option<ShmSink>, BuildError> {
+    let name = match target {
+        ShmTarget::Off => return Ok(None),
+        ShmTarget::Config => config.shm.name.clone(),
+        ShmTarget::Named(n) => n.clone(),
+    };
+    let posix =
+        crate::shm::segment_name(&name).map_err(|m| BuildError::config(format!("--shm: {m}")))?;
+    let mut writer = WriterConfig::new(posix, shm_dims(config, manifest));
+    writer.mode = config.shm.mode;
+    writer.group = config.shm.group.clone();
+    writer.model_id = format!("{}:{}", manifest.name, config.model.variant);
+    writer.model_sha256 = manifest
+        .file(ModelRole::Vision, config.model.variant)
+        .map(|f| f.sha256.clone())
+        .unwrap_or_default();
+    ShmSink::create(&ShmSinkConfig::new(writer), Some(Arc::clone(stats)))
+        .map(Some)
+        .map_err(|e| BuildError::config(format!("{e} (or run with --no-shm)")))
+}

@@ -1,0 +1,129 @@
+//! `ocellus check`: every start-up phase that can run without starting anything, each problem reported
+//! (a phase that depends on a failed one is skipped).
+
+use super::build;
+use crate::budget::MemoryPlan;
+use crate::config::Config;
+use crate::infer;
+use crate::prepare::Preparer;
+use crate::source::SourceError;
+
+/// What [`check`] found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// What passed, one line each.
+    pub ok: Vec<String>,
+    /// What must be fixed, one line each (a non-empty list means exit code 2).
+    pub problems: Vec<String>,
+    /// The memory plan with the planned models, when they loaded.
+    pub plan: Option<MemoryPlan>,
+}
+
+/// Runs the start-up phases of [`super::Runtime::build`] against `config` without starting anything:
+/// the prompts, each camera (opened, started and stopped, which checks that it delivers the configured
+/// format and size), the manifest and its files, the preparers, the models, the memory plan.
+pub fn check(config: &Config) -> CheckReport {
+    let mut r = CheckReport::default();
+    match config.prompts.current() {
+        Ok(p) => r.ok.push(format!("{} prompts", p.len())),
+        Err(e) => r.problems.push(build::prompt_error(config, e).message),
+    }
+    for (i, cam) in config.cameras.iter().enumerate() {
+        let probed = build::probe_camera(config, i)
+            .map_err(|e| e.message)
+            .and_then(|()| {
+                check_source(i, cam).map_err(|e| {
+                    format!("config {}: camera[{i}] ({}): {e}", config.origin, cam.name)
+                })
+            });
+        match probed {
+            Ok(()) => r.ok.push(format!(
+                "camera[{i}] {}: {} {} {}x{} deliverable",
+                cam.name,
+                cam.kind(),
+                cam.format,
+                cam.width,
+                cam.height
+            )),
+            Err(e) => r.problems.push(e),
+        }
+    }
+    let manifest = match build::manifest(config) {
+        Ok(m) => m,
+        Err(e) => {
+            r.problems.push(e.message);
+            return r;
+        }
+    };
+    let variant = config.model.variant;
+    if let Err(e) = build::estimate(config, &manifest, true) {
+        r.problems.push(e.message);
+        return r;
+    }
+    if let Err(e) = infer::verify(&manifest, variant) {
+        r.problems.push(e.to_string());
+        return r;
+    }
+    r.ok.push(format!(
+        "model {} ({variant}) at {}: files, sha256 and shapes verified",
+        manifest.name,
+        config.model.manifest.display()
+    ));
+    for (i, cam) in config.cameras.iter().enumerate() {
+        if let Err(e) = Preparer::new(&manifest.preprocess, cam.format, cam.width, cam.height) {
+            r.problems.push(format!(
+                "config {}: camera[{i}] ({}): cannot prepare {} {}x{} frames for the model: {e}",
+                config.origin, cam.name, cam.format, cam.width, cam.height
+            ));
+        }
+    }
+    let engine = match build::engine(config, &manifest) {
+        Ok(engine) => {
+            r.ok.push("vision encoder and resampler load and plan".into());
+            Some(engine)
+        }
+        Err(e) => {
+            r.problems.push(e.message);
+            None
+        }
+    };
+    match build::text_encoder(config, &manifest) {
+        Ok(mut encoder) => {
+            if let Some(engine) = &engine {
+                match build::plan(config, &manifest, true, engine, &encoder) {
+                    Ok(plan) => {
+                        r.ok.push(format!(
+                            "memory plan fits: {:.1} of {} MiB (budgets.memory-mib)",
+                            plan.total_bytes() as f64 / (1 << 20) as f64,
+                            config.budgets.memory_mib
+                        ));
+                        r.plan = Some(plan);
+                    }
+                    Err(e) => r.problems.push(e.message),
+                }
+            }
+            if let Ok(labels) = config.prompts.current() {
+                for p in labels.iter().filter(|p| encoder.is_unknown_only(p)) {
+                    r.ok.push(format!(
+                        "warning: prompt '{p}': every word is outside the tokenizer's vocabulary (it scores as a prompt of unknown words); reword it"
+                    ));
+                }
+                match encoder.embed(&labels) {
+                    Ok(set) => r.ok.push(format!("{} prompts embedded", set.len())),
+                    Err(e) => r.problems.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => r.problems.push(e.message),
+    }
+    r
+}
+
+/// Opens and starts the camera's source (which checks that it can deliver the configured format and size),
+/// then stops it.
+fn check_source(index: usize, cam: &crate::source::CameraSettings) -> Result<(), SourceError> {
+    let mut source = crate::source::open(index, cam)?;
+    source.start()?;
+    source.stop();
+    Ok(())
+}

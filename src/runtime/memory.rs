@@ -1,0 +1,269 @@
+//! The memory plan of a configuration, assembled from what each component reports about itself, and
+//! taking the memory at start-up (the frame-path region and the memory lock).
+
+use crate::budget::{
+    each_detail, human, parts, sum_detail, MemoryPlan, Part, CODE_BYTES_UNKNOWN, MIB,
+    STARTUP_HEAP_BYTES, THREAD_STACK_BYTES,
+};
+use crate::config::Config;
+use crate::infer::{EngineMemory, FileSize, PlanMemory, ARENA_SLACK_BYTES, ARENA_TENSOR_PERCENT};
+use crate::manifest::{Manifest, ModelRole};
+use crate::prepare::Preparer;
+use crate::shm::Layout;
+
+/// The planned models' figures.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelMemory<'a> {
+    pub engine: &'a EngineMemory,
+    pub text_files: &'a [FileSize],
+    pub text_run: PlanMemory,
+}
+
+/// The plan of `config` with `manifest`'s models: from the manifest alone (`models` = `None`, before any
+/// model is loaded: weights from the files' sizes, the engine's working memory unknown unless
+/// `memory.arena-mib` fixes it), or with the planned models' figures.
+pub fn plan(
+    config: &Config,
+    manifest: &Manifest,
+    with_shm: bool,
+    models: Option<&ModelMemory<'_>>,
+) -> MemoryPlan {
+    let mut plan = MemoryPlan::new(config.budgets.memory_mib * MIB, models.is_some());
+    let pre = &manifest.preprocess;
+    let variant = config.model.variant;
+
+    let pools: Vec<(u64, u64)> = config
+        .cameras
+        .iter()
+        .map(|c| (c.pool_size as u64, c.max_frame_bytes() as u64))
+        .collect();
+    plan.push(Part {
+        name: parts::FRAME_POOLS,
+        detail: sum_detail(&pools),
+        bytes: pools.iter().map(|(n, b)| n * b).sum(),
+        shrink: "lower camera pool-size, width or height",
+    });
+
+    let sources: Vec<u64> = config
+        .cameras
+        .iter()
+        .map(crate::source::resident_bytes)
+        .collect();
+    let kinds: Vec<&str> = config.cameras.iter().map(|c| c.kind().name()).collect();
+    plan.push(Part {
+        name: parts::SOURCES,
+        detail: format!("{} ({})", each_detail(&sources), kinds.join(", ")),
+        bytes: sources.iter().sum(),
+        shrink: "shorten replay recordings, lower v4l2 buffers or the resolution",
+    });
+
+    let input = 3 * pre.width as u64 * pre.height as u64 * 4;
+    let scratch: Vec<u64> = config
+        .cameras
+        .iter()
+        .map(|c| Preparer::scratch_bytes(pre, c.format, c.width, c.height))
+        .collect();
+    plan.push(Part {
+        name: parts::PREPARED,
+        detail: format!(
+            "preparers {} + model input 2 x {}",
+            each_detail(&scratch),
+            human(input)
+        ),
+        bytes: scratch.iter().sum::<u64>() + 2 * input,
+        shrink: "lower the cameras' resolution",
+    });
+
+    let weights: Vec<(ModelRole, u64)> = match models {
+        Some(m) => m
+            .engine
+            .files
+            .iter()
+            .chain(m.text_files)
+            .map(|f| (f.role, f.weight_bytes))
+            .collect(),
+        None => [ModelRole::Vision, ModelRole::Resampler, ModelRole::Text]
+            .iter()
+            .filter_map(|&r| manifest.file(r, variant).map(|f| (r, f.size)))
+            .collect(),
+    };
+    plan.push(Part {
+        name: parts::WEIGHTS,
+        detail: weights
+            .iter()
+            .map(|(r, b)| format!("{r} {}", human(*b)))
+            .collect::<Vec<_>>()
+            .join(" + "),
+        bytes: weights.iter().map(|(_, b)| b).sum(),
+        shrink: "use model.variant = \"int8\" or a smaller model",
+    });
+
+    let fixed = config.memory.arena_mib.map(|m| m * MIB);
+    let (arena, detail) = match (models, fixed) {
+        (Some(m), _) => {
+            let e = m.engine;
+            let arena = fixed.unwrap_or_else(|| e.arena_bytes());
+            (
+                arena,
+                format!(
+                    "region for the per-run tensors of encoder {} + resampler {} (planned), x{:.2} + {}{}",
+                    human(e.encoder.tensor_bytes),
+                    human(e.resampler.tensor_bytes),
+                    ARENA_TENSOR_PERCENT as f64 / 100.0,
+                    human(ARENA_SLACK_BYTES),
+                    if fixed.is_some() {
+                        "; memory.arena-mib overrides it"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }
+        (None, Some(bytes)) => (
+            bytes,
+            format!("region of {} (memory.arena-mib)", human(bytes)),
+        ),
+        (None, None) => (0, "known once the models are planned".into()),
+    };
+    plan.arena_bytes = arena;
+    plan.push(Part {
+        name: parts::ENGINE,
+        detail,
+        bytes: arena,
+        shrink: "use a model with a smaller input or fewer layers (or set memory.arena-mib)",
+    });
+
+    let text = models.map(|m| m.text_run.tensor_bytes + m.text_run.input_bytes);
+    plan.push(Part {
+        name: parts::TEXT,
+        detail: if text.is_some() {
+            "one prompt's tensors (start-up and prompt changes, off the frame path)".into()
+        } else {
+            "known once the models are planned".into()
+        },
+        bytes: text.unwrap_or(0),
+        shrink: "use a smaller text model",
+    });
+
+    let e = manifest.embed_dim as u64;
+    let output = match models {
+        Some(m) => m.engine.output_bytes,
+        None => {
+            let (l, dl) = (
+                manifest.resampler.num_latents as u64,
+                manifest.resampler.latent_dim as u64,
+            );
+            let patch = manifest
+                .file(ModelRole::Vision, variant)
+                .and_then(|f| f.outputs.iter().find(|s| s.name == "patch_tokens"))
+                .map_or(0, |s| s.shape.iter().product::<usize>() as u64);
+            4 * (e + patch + l * dl)
+        }
+    };
+    let k = config.prompts.max as u64;
+    // Two prompt sets can be alive at once (the current one and the one being swapped in).
+    let prompts = 2 * k * (4 * e + 64);
+    let stats =
+        config.cameras.len() as u64 * std::mem::size_of::<crate::stats::CameraStats>() as u64;
+    plan.push(Part {
+        name: parts::RESULTS,
+        detail: format!(
+            "vision output {} + scores {} + prompt sets 2 x {} + statistics {}",
+            human(output),
+            human(4 * k),
+            human(prompts / 2),
+            human(stats)
+        ),
+        bytes: output + 4 * k + prompts + stats,
+        shrink: "lower prompts.max",
+    });
+
+    let shm = if with_shm {
+        Layout::new(super::build::shm_dims(config, manifest)).map_or(0, |l| l.total_size)
+    } else {
+        0
+    };
+    plan.push(Part {
+        name: parts::SHM,
+        detail: if with_shm {
+            format!(
+                "{} cameras x 3 samples, {} prompts",
+                config.cameras.len(),
+                config.prompts.max
+            )
+        } else {
+            "not published (--no-shm)".into()
+        },
+        bytes: shm,
+        shrink: "lower prompts.max or set shm.latents = \"f16\"",
+    });
+
+    let (code, measured) = match crate::alloc::mapped_file_bytes() {
+        Some(b) => (b, "mapped now"),
+        None => (CODE_BYTES_UNKNOWN, "not readable, assumed"),
+    };
+    plan.push(Part {
+        name: parts::CODE,
+        detail: format!("executable and shared libraries ({measured})"),
+        bytes: code,
+        shrink: "",
+    });
+    let workers = if config.model.threads > 1 {
+        config.model.threads as u64
+    } else {
+        0
+    };
+    // main, inference, shared-memory heartbeat, status line, prompt watcher, capture per camera.
+    let threads = 5 + config.cameras.len() as u64 + workers;
+    plan.push(Part {
+        name: parts::STACKS,
+        detail: format!("{threads} threads x {}", human(THREAD_STACK_BYTES)),
+        bytes: threads * THREAD_STACK_BYTES,
+        shrink: "",
+    });
+    plan.push(Part {
+        name: parts::HEAP,
+        detail: "model graphs, tokenizer, manifest, logging, allocator slack (fixed)".into(),
+        bytes: STARTUP_HEAP_BYTES,
+        shrink: "",
+    });
+    plan
+}
+
+/// What [`take`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Size of the frame-path region.
+    pub arena_bytes: u64,
+    /// Whether the process's memory is locked.
+    pub locked: bool,
+}
+
+/// Why the plan's memory could not be taken at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    #[error("memory budget: {0}")]
+    Region(#[from] crate::alloc::ReserveError),
+    #[error("memory.lock-required = true but {0}")]
+    Lock(String),
+}
+
+/// Reserves the frame-path region the plan sizes ([`crate::alloc::reserve`]) and, when `memory.lock`,
+/// locks the process's memory. A failed lock is an error only with `memory.lock-required`; otherwise it
+/// is logged and the run goes on unlocked. Call it after the plan passed [`MemoryPlan::check`] and after
+/// the pipeline's buffers are allocated, before it starts.
+pub fn take(plan: &MemoryPlan, memory: &crate::alloc::MemorySettings) -> Result<Taken, TakeError> {
+    let arena_bytes = crate::alloc::reserve(plan.arena_bytes.max(1))?;
+    let mut locked = false;
+    if memory.lock {
+        match crate::alloc::lock_memory() {
+            Ok(()) => locked = true,
+            Err(e) if memory.lock_required => return Err(TakeError::Lock(e)),
+            Err(e) => tracing::warn!("memory not locked: {e}"),
+        }
+    }
+    Ok(Taken {
+        arena_bytes,
+        locked,
+    })
+}
