@@ -2,6 +2,10 @@
 #
 # Everything that can outlive a clone (the Python venv with torch, cargo's target directory) lives under
 # $(CACHE), so a second run on the same machine reuses it.
+#
+# One host build serves everything: the tests run in the release profile (`cargo test --release`), and the
+# amd64 package ships the `ocellus` binary those tests built (target/release/ocellus), so tract is compiled for
+# the host once (plus clippy's check build), and once for aarch64.
 
 CACHE ?= $(HOME)/.cache/ocellus
 VENV ?= $(CACHE)/venv
@@ -20,7 +24,7 @@ APT_PACKAGES += qemu-system-x86 busybox-static cpio kmod xz-utils gcc-12 make li
 APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static binutils dpkg-dev debootstrap \
 	lintian systemd
 
-.PHONY: setup setup-apt setup-rust setup-python test lint test-python test-rust run
+.PHONY: setup setup-apt setup-rust setup-python test lint build test-python test-rust test-layers run
 
 setup: setup-apt setup-rust setup-python setup-cross setup-package
 
@@ -41,26 +45,35 @@ setup-python:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
-test-python:
-	cd tools && $(PY) -m pytest -q tests
+# The release build of the binary and every test binary (also what the amd64 package ships).
+build:
+	cargo test --release --locked --workspace --no-run
 
-test-rust:
-	cargo test --locked
+# The tools' tests; the ones that drive the runtime (import -> check/infer/run) use the binary `build` made.
+test-python: build
+	cd tools && OCELLUS_BIN=$(CARGO_TARGET_DIR)/release/ocellus $(PY) -m pytest -q tests
 
-test: lint test-python test-rust test-hil test-aarch64 test-package
+test-rust: build
+	cargo test --release --locked --workspace
+
+# The layer map of docs/architecture.md, enforced (also part of test-rust).
+test-layers:
+	cargo test --release --locked --test layers
+
+test: lint build test-python test-rust test-hil test-aarch64 test-package
 
 # The service behaviour alone (notify protocol, watchdog, SIGTERM, [realtime], deadlines); test-rust runs them too.
 .PHONY: test-service
 test-service:
-	cargo test --locked --test service --test notify --test deadlines
+	cargo test --release --locked --test service --test notify --test deadlines
 
 # Memory alone (docs/memory.md): zero system allocations over 1,000 frames, the budget check, the 10,000-frame
 # RSS run (2-4 min); test-rust runs them too.
 .PHONY: test-memory
 test-memory:
-	cargo test --locked --test alloc_zero --test budget --test infer_alloc -- --nocapture
+	cargo test --release --locked --test alloc_zero --test budget --test infer_alloc -- --nocapture
 
 run:
 	cargo run --locked --release -- run --frames 300
@@ -101,8 +114,7 @@ build-aarch64:
 test-aarch64:
 	CARGO_TARGET_DIR=$(CROSS_DIR) cargo test --locked --release --target $(CROSS_TARGET) --lib --test parity
 
-package: build-aarch64
-	cargo build --locked --release
+package: build build-aarch64
 	bsp/debian/build-deb.sh amd64 $(CARGO_TARGET_DIR)/release/ocellus $(DEB_DIR)
 	bsp/debian/build-deb.sh arm64 $(CROSS_DIR)/$(CROSS_TARGET)/release/ocellus $(DEB_DIR)
 
@@ -123,4 +135,4 @@ bench:
 		--json $(BENCH_DIR)/bench.json --plot $(BENCH_DIR)/bench.svg
 
 bench-criterion:
-	cargo bench --locked
+	cargo bench --locked --workspace
