@@ -30,6 +30,7 @@ fn preprocess(side: usize) -> Preprocess {
         rescale: 1.0 / 255.0,
         mean: [0.5; 3],
         std: [0.5; 3],
+        pad: [0; 3],
     }
 }
 

@@ -1,4 +1,8 @@
-//! The model bundle's manifest (`models/<name>/manifest.toml`), format 1: see `docs/manifest.md`.
+//! The model bundle's manifest (`models/<name>/manifest.toml`), formats 1 and 2: see `docs/manifest.md`.
+//!
+//! Format 2 adds, all optional: vision-only bundles (no `[text]`), letterbox preprocessing (`pad`), few-shot
+//! image `[prototypes]`, and per file the engines it is for (`engines`) and its int8 form (`quant`). A format 1
+//! manifest reads as it always did.
 //!
 //! This module only parses and describes; `infer` verifies the files against it before loading them.
 
@@ -7,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The manifest format this runtime reads.
-pub const FORMAT: u32 = 1;
+/// The newest manifest format this runtime reads (the tools write it).
+pub const FORMAT: u32 = 2;
+/// Every format this runtime reads.
+pub const FORMATS: [u32; 2] = [1, 2];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,12 +25,19 @@ pub struct Manifest {
     pub source: String,
     pub embed_dim: usize,
     pub preprocess: Preprocess,
-    pub text: Text,
-    pub scores: Scores,
+    /// The tokenizer and context length; `None` in a vision-only bundle (format 2).
+    #[serde(default)]
+    pub text: Option<Text>,
+    /// How similarities become scores; required with `[text]` or `[prototypes]`.
+    #[serde(default)]
+    pub scores: Option<Scores>,
     pub resampler: Resampler,
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub evaluation: Option<Evaluation>,
+    /// Few-shot image prototypes, scored like text prompts (format 2).
+    #[serde(default)]
+    pub prototypes: Option<Prototypes>,
     /// Directory holding the manifest; file paths are relative to it. Set by [`Manifest::load`].
     #[serde(skip)]
     pub dir: PathBuf,
@@ -33,8 +46,12 @@ pub struct Manifest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResizeMode {
+    /// Scale so the shorter side fits, then crop (`crop = "center"`).
     ShortestEdge,
+    /// Scale each axis to the model's size independently.
     Squash,
+    /// Scale so the longer side fits (keeping the aspect ratio), then pad to the model's size with `pad`.
+    Letterbox,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -70,6 +87,9 @@ pub struct Preprocess {
     pub rescale: f32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// The padding colour of `resize = "letterbox"` (RGB, u8 before rescale and normalisation).
+    #[serde(default)]
+    pub pad: [u8; 3],
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +182,35 @@ pub struct Parity {
     pub outputs: Vec<OutputParity>,
 }
 
+/// An inference engine a file can be for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    Tract,
+    Onnxruntime,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Tract => "tract",
+            EngineKind::Onnxruntime => "onnxruntime",
+        })
+    }
+}
+
+/// How an int8 file is quantized (docs/manifest.md: each engine has the form it runs best).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantFormat {
+    /// QLinearMatMul/QLinearConv with int8 symmetric activations: tract's fast and correct form.
+    Qoperator,
+    /// QuantizeLinear/DequantizeLinear pairs: onnxruntime fuses them into int8 kernels.
+    Qdq,
+    /// Weights int8, activations quantized at run time (MatMulInteger).
+    Dynamic,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
@@ -174,6 +223,38 @@ pub struct FileEntry {
     pub outputs: Vec<TensorSpec>,
     #[serde(default)]
     pub parity: Option<Parity>,
+    /// The engines this file is for; `None`: every engine.
+    #[serde(default)]
+    pub engines: Option<Vec<EngineKind>>,
+    /// The int8 form (int8 files only).
+    #[serde(default)]
+    pub quant: Option<QuantFormat>,
+}
+
+impl FileEntry {
+    /// Whether `engine` should run this file.
+    pub fn is_for(&self, engine: EngineKind) -> bool {
+        self.engines.as_ref().is_none_or(|e| e.contains(&engine))
+    }
+}
+
+/// `[prototypes]`: labelled image-embedding prototypes (means of a few images' embeddings), scored like text
+/// prompts. Few-shot prototypes, not language.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prototypes {
+    /// `.npy`, f32 [K, E], each row L2-normalised.
+    pub file: String,
+    /// K labels, row k is `labels[k]`.
+    pub labels: Vec<String>,
+    pub size: u64,
+    pub sha256: String,
+    /// How many images made each prototype.
+    #[serde(default)]
+    pub images: Vec<usize>,
+    /// Which vision file computed them.
+    #[serde(default)]
+    pub variant: Option<Variant>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,7 +287,7 @@ pub enum ManifestError {
     },
     #[error("model manifest {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("model manifest {path} has format {found}; this ocellus reads format {FORMAT}: re-run `ocellus-tools manifest` with matching tools")]
+    #[error("model manifest {path} has format {found}; this ocellus reads formats 1 and {FORMAT}: re-run `ocellus-tools manifest` with matching tools")]
     Format { path: PathBuf, found: u32 },
 }
 
@@ -221,21 +302,58 @@ impl Manifest {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        if manifest.format != FORMAT {
+        if !FORMATS.contains(&manifest.format) {
             return Err(ManifestError::Format {
                 path: path.to_owned(),
                 found: manifest.format,
             });
         }
+        let invalid = |message: &str| ManifestError::Invalid {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        };
+        if manifest.format == 1 && manifest.text.is_none() {
+            return Err(invalid(
+                "format 1 requires [text]; a vision-only bundle is format 2",
+            ));
+        }
+        if (manifest.text.is_some() || manifest.prototypes.is_some()) && manifest.scores.is_none() {
+            return Err(invalid(
+                "[scores] is missing: a bundle with [text] or [prototypes] needs logit_scale (and logit_bias)",
+            ));
+        }
+        if manifest.preprocess.resize == ResizeMode::Letterbox
+            && manifest.preprocess.crop != Crop::None
+        {
+            return Err(invalid(
+                "[preprocess] resize = \"letterbox\" needs crop = \"none\"",
+            ));
+        }
         manifest.dir = path.parent().map(Path::to_owned).unwrap_or_default();
         Ok(manifest)
     }
 
-    /// The file entry for `role` and `variant`, if the bundle has one.
+    /// The file entry for `role` and `variant` that tract runs, if the bundle has one.
     pub fn file(&self, role: ModelRole, variant: Variant) -> Option<&FileEntry> {
+        self.file_for(role, variant, EngineKind::Tract)
+    }
+
+    /// The file entry for `role` and `variant` that `engine` runs: the first entry with that role and variant
+    /// whose `engines` includes it (or that names none).
+    pub fn file_for(
+        &self,
+        role: ModelRole,
+        variant: Variant,
+        engine: EngineKind,
+    ) -> Option<&FileEntry> {
         self.files
             .iter()
-            .find(|f| f.role == role && f.variant == variant)
+            .find(|f| f.role == role && f.variant == variant && f.is_for(engine))
+    }
+
+    /// Whether the bundle has a text encoder (`[text]` and a text file of some variant).
+    pub fn has_text(&self) -> bool {
+        self.text.is_some() && self.files.iter().any(|f| f.role == ModelRole::Text)
     }
 
     /// Absolute (or manifest-relative) path of a file entry.
@@ -243,8 +361,8 @@ impl Manifest {
         self.dir.join(&entry.path)
     }
 
-    /// Path of the tokenizer file.
-    pub fn tokenizer_path(&self) -> PathBuf {
-        self.dir.join(&self.text.tokenizer)
+    /// Path of the tokenizer file, if the bundle has a text encoder.
+    pub fn tokenizer_path(&self) -> Option<PathBuf> {
+        self.text.as_ref().map(|t| self.dir.join(&t.tokenizer))
     }
 }

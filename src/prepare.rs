@@ -70,12 +70,12 @@ pub enum PrepareError {
 /// * `shortest_edge`: if `src_w * H > src_h * W` (the frame is wider than the model input),
 ///   `cw = src_h * W / H`, box `((src_w - cw) / 2, 0, (src_w - cw) / 2 + cw, src_h)`; otherwise
 ///   `ch = src_w * H / W`, box `(0, (src_h - ch) / 2, src_w, (src_h - ch) / 2 + ch)` (f64 arithmetic).
-/// * `squash`: `(0, 0, src_w, src_h)`.
+/// * `squash` and `letterbox` (the whole frame is scaled): `(0, 0, src_w, src_h)`.
 pub fn crop_box(pre: &Preprocess, src_w: u32, src_h: u32) -> [f64; 4] {
     let (w, h) = (src_w as f64, src_h as f64);
     let (mw, mh) = (pre.width as f64, pre.height as f64);
     match pre.resize {
-        ResizeMode::Squash => [0.0, 0.0, w, h],
+        ResizeMode::Squash | ResizeMode::Letterbox => [0.0, 0.0, w, h],
         ResizeMode::ShortestEdge => {
             if w * mh > h * mw {
                 let cw = h * mw / mh;
@@ -133,6 +133,11 @@ impl Preparer {
                 "model input {}x{} must be 1..=16384 per side",
                 pre.width, pre.height
             )));
+        }
+        if pre.resize == ResizeMode::Letterbox {
+            return Err(setup(
+                "manifest preprocess has resize = \"letterbox\", which this build of ocellus does not prepare yet".into(),
+            ));
         }
         if pre.resize == ResizeMode::ShortestEdge && pre.crop == Crop::None {
             return Err(setup(
@@ -667,6 +672,7 @@ mod tests {
             rescale: 1.0 / 255.0,
             mean: [0.5; 3],
             std: [0.5; 3],
+            pad: [0; 3],
         };
         assert_eq!(crop_box(&pre, 640, 480), [80.0, 0.0, 560.0, 480.0]);
         assert_eq!(crop_box(&pre, 480, 640), [0.0, 80.0, 480.0, 560.0]);

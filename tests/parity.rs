@@ -187,7 +187,13 @@ pub fn check_text(dir: &Path, variant: Variant) -> Figures {
     let ids = npy_i64(dir, &index.text.input_ids);
     let mask = npy_i64(dir, &index.text.attention_mask);
     let prompts = &index.text.prompts;
-    assert_eq!(ids.shape(), [prompts.len(), manifest.text.context_length]);
+    assert_eq!(
+        ids.shape(),
+        [
+            prompts.len(),
+            manifest.text.as_ref().expect("[text]").context_length
+        ]
+    );
     for (k, prompt) in prompts.iter().enumerate() {
         let (our_ids, our_mask) = encoder.tokenize(prompt).unwrap_or_else(|e| panic!("{e}"));
         let want: Vec<i64> = ids

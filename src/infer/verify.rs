@@ -81,8 +81,8 @@ pub(crate) struct Verified {
     pub size: FileSize,
 }
 
-/// Verifies the files of `variant` (vision, resampler and text): manifest consistency, sizes, sha256 and
-/// the ONNX signatures. Reads every file once; runs nothing. For `ocellus check`.
+/// Verifies the files of `variant` (vision, resampler and, unless the bundle is vision-only, text): manifest
+/// consistency, sizes, sha256 and the ONNX signatures. Reads every file once; runs nothing. For `ocellus check`.
 pub fn verify(manifest: &Manifest, variant: Variant) -> Result<(), LoadError> {
     file_sizes(manifest, variant).map(|_| ())
 }
@@ -94,14 +94,15 @@ pub fn verify_path(manifest: &Path, variant: Variant) -> Result<Manifest, LoadEr
     Ok(m)
 }
 
-/// Verifies like [`verify`] and returns the size of each file (vision, resampler, text).
+/// Verifies like [`verify`] and returns the size of each file (vision, resampler, and text unless the bundle
+/// is vision-only).
 pub fn file_sizes(manifest: &Manifest, variant: Variant) -> Result<Vec<FileSize>, LoadError> {
-    check_manifest(
-        manifest,
-        variant,
-        &[ModelRole::Vision, ModelRole::Resampler, ModelRole::Text],
-    )?;
-    [ModelRole::Vision, ModelRole::Resampler, ModelRole::Text]
+    let mut roles = vec![ModelRole::Vision, ModelRole::Resampler];
+    if manifest.text.is_some() {
+        roles.push(ModelRole::Text);
+    }
+    check_manifest(manifest, variant, &roles)?;
+    roles
         .iter()
         .map(|&role| read_verified(manifest, role, variant).map(|v| v.size))
         .collect()
@@ -214,7 +215,15 @@ pub(crate) fn check_manifest(
                 )
                 .map_err(bad)?;
                 expect_io(file, "output", &entry.outputs, &["text_embeds"], &[]).map_err(bad)?;
-                let t = manifest.text.context_length;
+                let t = manifest
+                    .text
+                    .as_ref()
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{file} is a text encoder but the manifest has no [text] (tokenizer, context_length)"
+                        ))
+                    })?
+                    .context_length;
                 for name in ["input_ids", "attention_mask"] {
                     if let Some(s) = spec(&entry.inputs, name) {
                         expect_spec(file, Some(s), &[1, t], "int64", "[text] context_length")

@@ -38,11 +38,17 @@ impl TextEncoder {
     /// Verifies and loads the text model of `variant` (single-threaded: it runs off the frame path) and
     /// the bundle's tokenizer, and checks that the tokenizer pads and truncates to `context_length`.
     pub fn load(manifest: &Manifest, variant: Variant) -> Result<TextEncoder, PromptError> {
+        let (Some(text), Some(scores), Some(tokenizer_path)) =
+            (&manifest.text, &manifest.scores, manifest.tokenizer_path())
+        else {
+            return Err(PromptError::NoText {
+                dir: manifest.dir.clone(),
+            });
+        };
         infer::check_manifest(manifest, variant, &[ModelRole::Text])?;
         let verified = infer::read_verified(manifest, ModelRole::Text, variant)?;
         let files = vec![verified.size.clone()];
         let model = Planned::build(verified, Executor::SingleThread)?;
-        let tokenizer_path = manifest.tokenizer_path();
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
             PromptError::Tokenizer {
                 path: tokenizer_path.clone(),
@@ -69,10 +75,10 @@ impl TextEncoder {
             attention_mask,
             text_embeds,
             model,
-            context_length: manifest.text.context_length,
+            context_length: text.context_length,
             embed_dim: manifest.embed_dim,
-            logit_scale: manifest.scores.logit_scale,
-            logit_bias: manifest.scores.logit_bias,
+            logit_scale: scores.logit_scale,
+            logit_bias: scores.logit_bias,
             files,
         };
         let long = "a ".repeat(2 * encoder.context_length + 2);

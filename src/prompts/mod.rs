@@ -32,6 +32,8 @@ pub use watcher::{PromptWatcher, POLL_INTERVAL};
 pub enum PromptError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("model bundle {dir} has no text encoder (no [text] in its manifest): it is vision-only; prompts need a text encoder, or prototypes ([prototypes], `ocellus-tools prototypes`)")]
+    NoText { dir: PathBuf },
     #[error("tokenizer {path} cannot be loaded ({message}): re-export the bundle (`ocellus-tools export`)")]
     Tokenizer { path: PathBuf, message: String },
     #[error("tokenizer {path} yields {actual} ids for {prompt:?} but the text model takes exactly {expected}: configure padding and truncation to context_length in tokenizer.json (re-export the bundle)")]

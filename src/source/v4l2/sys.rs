@@ -309,7 +309,11 @@ impl Device {
 
     /// `VIDIOC_S_PARM` with a frame interval of `numerator / denominator` seconds; returns what the driver
     /// chose.
-    pub(crate) fn set_frame_interval(&self, numerator: u32, denominator: u32) -> io::Result<StreamParams> {
+    pub(crate) fn set_frame_interval(
+        &self,
+        numerator: u32,
+        denominator: u32,
+    ) -> io::Result<StreamParams> {
         let mut p = zeroed::<k::v4l2_streamparm>();
         p.type_ = CAPTURE;
         // The `capture` member of the union: the one capture streams use.
