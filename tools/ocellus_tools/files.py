@@ -17,12 +17,42 @@ from .errors import ToolError
 SOURCE_FILE = "source.json"
 PARITY_FILE = "parity.json"
 EVALUATION_FILE = "evaluation.json"
+QUANTIZE_FILE = "quantize.json"  # written by `quantize`: the int8 files, their format and engines
+PROTOTYPES_FILE = "prototypes.npy"
+PROTOTYPES_RECORD = "prototypes.json"  # written by `prototypes` beside the array: labels, counts, vision sha256
 ROLES = ("vision", "resampler", "text")
 VARIANTS = ("fp32", "int8")
 
 
 def onnx_name(role: str, variant: str) -> str:
     return f"{role}.{variant}.onnx"
+
+
+def ort_int8_name(role: str) -> str:
+    """The int8 file quantize makes for onnxruntime (QDQ or dynamic); `<role>.int8.onnx` is tract's QOperator."""
+    return f"{role}.int8-ort.onnx"
+
+
+def derived_files(roles=ROLES) -> list[str]:
+    """What quantize, validate, prototypes and manifest write from the fp32 files of `roles`: stale once those
+    change."""
+    names = [n for r in roles for n in (onnx_name(r, "int8"), ort_int8_name(r))]
+    return names + [QUANTIZE_FILE, PARITY_FILE, "reference", "manifest.toml"]
+
+
+def remove_files(bundle: Path, names: list[str]) -> list[str]:
+    """Removes the named files or directories of `bundle` that exist; returns those it removed."""
+    removed = []
+    for name in names:
+        p = Path(bundle) / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def ensure_writable_dir(path: Path, what: str = "output directory") -> Path:
