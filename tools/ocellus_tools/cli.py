@@ -231,12 +231,14 @@ def cmd_validate(args) -> int:
     from .validate import validate_bundle
 
     parity = validate_bundle(args.bundle, seed=args.seed, cos_fp32=args.min_cosine_fp32,
-                             cos_int8=args.min_cosine_int8, use_tract=not args.no_tract)
+                             cos_int8=args.min_cosine_int8, use_tract=not args.no_tract, reference=args.reference,
+                             original=args.original)
     for name, f in parity["files"].items():
         figures = ", ".join(f"{o['name']} cosine {o['cosine']:.7f} max_abs {o['max_abs']:.3g}" for o in f["outputs"])
         print(f"{name} vs {f['reference']}: {figures}")
-    ch = ", ".join(f"{o['name']} cosine {o['cosine']:.7f}" for o in parity["chained_int8"]["outputs"])
-    print(f"int8 chain (vision -> resampler) vs fp32 chain: {ch}")
+    for key, c in parity["chains"].items():
+        ch = ", ".join(f"{o['name']} cosine {o['cosine']:.7f}" for o in c["outputs"])
+        print(f"{key} chain ({c['files']['vision']} -> {c['files']['resampler']}) vs fp32 chain: {ch}")
     tr = parity.get("tract")
     if tr is None:
         print("tract check skipped" + ("" if args.no_tract else " (the tract Python bindings are not installed: "
@@ -374,6 +376,11 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--min-cosine-fp32", type=float, default=0.99999, help="fp32 vs PyTorch threshold")
     v.add_argument("--min-cosine-int8", type=float, default=0.999, help="int8 vs fp32 threshold")
     v.add_argument("--no-tract", action="store_true", help="skip running the files in tract (the runtime's engine)")
+    v.add_argument("--reference", choices=["pytorch", "onnxruntime"],
+                   help="what the fp32 vision file is compared with: the PyTorch model (exported bundles) or the "
+                        "original ONNX file in onnxruntime (imported bundles; the default for them)")
+    v.add_argument("--original", type=Path, metavar="FILE",
+                   help="imported bundles: the original ONNX file, when it moved since the import (checked by sha256)")
     v.set_defaults(func=cmd_validate)
 
     m = sub.add_parser("manifest", help="write manifest.toml")

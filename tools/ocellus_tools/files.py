@@ -131,3 +131,57 @@ def require_files(bundle: Path, names: list[str], step: str) -> None:
     missing = [n for n in names if not (Path(bundle) / n).is_file()]
     if missing:
         raise ToolError(f"{bundle} lacks {', '.join(missing)}: run `ocellus-tools {step} {bundle}` first")
+
+
+ENGINES = ("tract", "onnxruntime")
+QUANT_FORMATS = ("qoperator", "qdq", "dynamic")
+
+
+def bundle_roles(bundle: Path, rec: dict) -> list[str]:
+    """The roles of a bundle: vision and resampler always, text when source.json has a text tower."""
+    if rec.get("preprocess") is None or rec.get("spec", {}).get("kind") == "resampler-only":
+        raise ToolError(f"{bundle} holds only a resampler (export --resampler-only into an empty directory): import "
+                        "or export a vision encoder into it first")
+    return ["vision", "resampler"] + (["text"] if rec.get("text") else [])
+
+
+def int8_files(bundle: Path, roles: list[str]) -> list[dict]:
+    """The bundle's int8 files as {"role", "path", "quant", "engines"}: those quantize.json lists (in its order),
+    or, without quantize.json, the `<role>.int8.onnx` files that exist (tract's QOperator format, as quantize
+    wrote them before quantize.json)."""
+    bundle = Path(bundle)
+    qfile = bundle / QUANTIZE_FILE
+    if not qfile.is_file():
+        return [{"role": r, "path": onnx_name(r, "int8"), "quant": "qoperator", "engines": ["tract"]}
+                for r in roles if (bundle / onnx_name(r, "int8")).is_file()]
+    fix = f"run `ocellus-tools quantize {bundle}` again"
+    q = read_json(qfile, fix)
+    files = q.get("files") if isinstance(q, dict) else None
+    if not isinstance(files, list):
+        raise ToolError(f"{qfile} has no \"files\" list: {fix}")
+    out = []
+    for f in files:
+        try:
+            role, path = f["role"], f["path"]
+            quant, engines = f.get("quant"), f.get("engines")
+        except (KeyError, TypeError) as e:
+            raise ToolError(f"{qfile}: a file entry lacks {e}: {fix}") from e
+        if f.get("variant", "int8") != "int8":
+            continue
+        if role not in roles:
+            raise ToolError(f"{qfile} lists {path} for role {role!r}, which this bundle does not have: {fix}")
+        if quant is not None and quant not in QUANT_FORMATS:
+            raise ToolError(f"{qfile}: {path} has quant {quant!r}, not one of {', '.join(QUANT_FORMATS)}: {fix}")
+        if engines is not None and (not isinstance(engines, list) or not engines
+                                    or any(e not in ENGINES for e in engines)):
+            raise ToolError(f"{qfile}: {path} has engines {engines!r}, not a list of {', '.join(ENGINES)}: {fix}")
+        if Path(path).name != path or not (bundle / path).is_file():
+            raise ToolError(f"{qfile} lists {path}, which is not a file in {bundle}: {fix}")
+        out.append({"role": role, "path": path, "quant": quant, "engines": engines})
+    return out
+
+
+def select_file(files: list[dict], role: str, engine: str) -> dict | None:
+    """The file the runtime runs for (role, engine) among `files` of one variant: the first whose engines contain
+    the engine or that names none (docs/manifest.md, [[files]])."""
+    return next((f for f in files if f["role"] == role and (not f.get("engines") or engine in f["engines"])), None)
