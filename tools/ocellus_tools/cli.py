@@ -260,6 +260,54 @@ def cmd_manifest(args) -> int:
     return 0
 
 
+def cmd_prototypes(args) -> int:
+    import numpy as np
+
+    from .prototypes import compute_prototypes
+
+    r = compute_prototypes(args.bundle, args.images, args.logit_scale, args.logit_bias)
+    for label, n in zip(r["labels"], r["images"]):
+        print(f"  {label}: {n} image{'s' if n != 1 else ''}")
+    a = r["array"]
+    sims = a @ a.T
+    off = sims[~np.eye(len(a), dtype=bool)] if len(a) > 1 else np.array([])
+    worst = f"; most similar pair cosine {off.max():.4f}" if off.size else ""
+    print(f"wrote {args.bundle / 'prototypes.npy'} ({len(a)} few-shot prototypes of width {a.shape[1]}{worst}) and "
+          f"prototypes.json; run `ocellus-tools manifest {args.bundle}` to list them in [prototypes]")
+    return 0
+
+
+def cmd_check_prompts(args) -> int:
+    from tokenizers import Tokenizer
+
+    from .files import read_source
+    from .prompts import content_tokens, unknown_prompts, warning
+
+    rec = read_source(args.bundle)
+    if not rec.get("text"):
+        raise ToolError(f"{args.bundle} has no text encoder, so there are no prompts to check: score it with "
+                        "few-shot prototypes (ocellus-tools prototypes)")
+    prompts = list(args.prompts)
+    if args.file is not None:
+        try:
+            lines = args.file.read_text().splitlines()
+        except OSError as e:
+            raise ToolError(f"cannot read {args.file}: {e.strerror or e}: pass a prompts file, one per line") from e
+        prompts += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not prompts:
+        raise ToolError("no prompts to check: pass them as arguments or with --file")
+    tok = Tokenizer.from_file(str(args.bundle / rec["text"]["tokenizer"]))
+    blind = set(unknown_prompts(tok, prompts))
+    for p in prompts:
+        tokens = " ".join(t for _, t in content_tokens(tok, p)) or "(none)"
+        print(f"{'UNKNOWN' if p in blind else 'ok':8} {p!r}: {tokens}")
+    for p in blind:
+        print(f"warning: {warning(p)}", file=sys.stderr)
+    if blind and args.strict:
+        raise ToolError(f"{len(blind)} of {len(prompts)} prompts are unknown to the tokenizer: reword them")
+    return 0
+
+
 def _train_demo_module():
     try:
         from . import train_demo
@@ -388,6 +436,24 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--evaluation", type=Path, metavar="FILE",
                    help="evaluation figures (default: BUNDLE_DIR/evaluation.json if present)")
     m.set_defaults(func=cmd_manifest)
+
+    pr = sub.add_parser("prototypes", help="few-shot image prototypes from DIR/<label>/*.png (prototypes.npy, "
+                        "prototypes.json; manifest lists them)")
+    pr.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    pr.add_argument("images", type=Path, metavar="DIR", help="one folder of example images per label")
+    pr.add_argument("--logit-scale", type=float, help="bundles without a text encoder: the scores' logit scale "
+                    "(default 100)")
+    pr.add_argument("--logit-bias", type=float, help="bundles without a text encoder: the scores' logit bias "
+                    "(default 0)")
+    pr.set_defaults(func=cmd_prototypes)
+
+    cp = sub.add_parser("check-prompts", help="show how the bundle's tokenizer reads prompts; warn about those it "
+                        "cannot see (every token unknown or padding)")
+    cp.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    cp.add_argument("prompts", nargs="*", metavar="PROMPT")
+    cp.add_argument("--file", type=Path, metavar="FILE", help="prompts, one per line (# comments)")
+    cp.add_argument("--strict", action="store_true", help="fail (exit 2) when a prompt is unknown")
+    cp.set_defaults(func=cmd_check_prompts)
 
     from . import ortbench
 
