@@ -474,9 +474,16 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = parser().parse_args(argv)
     _quiet()
+    warnings.formatwarning = _warning_line  # one line, like the errors (not the source line that warned)
     if args.command not in ("train-demo", "evaluate", "ort-bench"):
         import torch
 
