@@ -35,8 +35,8 @@ def cmd_export(args) -> int:
         given = ", ".join(k for k, v in only.items() if v is not None)
         raise ToolError(f"{given} apply to --resampler-only: add --resampler-only or drop them")
     if args.resampler_only:
-        if args.tokenizer is not None or args.demo_checkpoint is not None:
-            raise ToolError("--tokenizer and --demo-checkpoint do not apply to --resampler-only: drop them")
+        if args.tokenizer is not None or args.demo_checkpoint is not None or args.no_text:
+            raise ToolError("--tokenizer, --demo-checkpoint and --no-text do not apply to --resampler-only: drop them")
         return _export_resampler_only(args)
     hf_only = {"--resampler": args.resampler, "--latents": args.latents, "--resampler-depth": args.resampler_depth,
                "--latent-dim": args.latent_dim, "--resampler-heads": args.resampler_heads, "--tokenizer": args.tokenizer}
@@ -72,8 +72,9 @@ def _export(args, out: Path) -> int:
     else:
         spec = builtin_spec(args.builtin, checkpoint=args.demo_checkpoint, seed=args.seed)
     bundle = build_bundle(spec, name)
-    names = export_bundle(bundle, out, spec)
-    print(f"exported {bundle.source} ({bundle.resampler_kind} resampler) to {out}: {', '.join(names)}")
+    names = export_bundle(bundle, out, spec, text=not args.no_text)
+    print(f"exported {bundle.source} ({bundle.resampler_kind} resampler{', no text encoder' if args.no_text else ''}) "
+          f"to {out}: {', '.join(names)}")
     return 0
 
 
@@ -354,6 +355,8 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, required=True, metavar="DIR", help="bundle directory, e.g. models/NAME")
     ex.add_argument("--name", help="bundle name (default: the --out directory's name)")
     ex.add_argument("--tokenizer", type=Path, metavar="FILE", help="tokenizer.json to use instead of the checkpoint's")
+    ex.add_argument("--no-text", action="store_true", help="a vision-only bundle: leave the text encoder and "
+                    "tokenizer out")
     ex.add_argument("--resampler", choices=["perceiver", "qformer"], help="new resampler (default perceiver)")
     ex.add_argument("--latents", type=int, help="number of latents/queries L (default 16)")
     ex.add_argument("--resampler-depth", type=int, help="resampler layers (default 2)")

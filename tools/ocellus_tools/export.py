@@ -68,8 +68,9 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
                             "depend on dynamic sizes")
 
 
-def export_onnx(bundle: Bundle, out: Path) -> list[str]:
-    """Writes the three fp32 files and tokenizer.json into `out`; returns their names."""
+def export_onnx(bundle: Bundle, out: Path, text: bool = True) -> list[str]:
+    """Writes the three fp32 files and tokenizer.json into `out` (without `text`: vision and resampler only);
+    returns their names."""
     torch.manual_seed(0)
     pre = bundle.preprocess
     pixel_values = torch.randn(1, 3, pre.height, pre.width)
@@ -83,6 +84,8 @@ def export_onnx(bundle: Bundle, out: Path) -> list[str]:
     _export(bundle.vision, (pixel_values,), out / onnx_name("vision", "fp32"), ["pixel_values"],
             ["patch_tokens", "image_embeds"])
     _export(bundle.resampler, (patch_tokens,), out / onnx_name("resampler", "fp32"), ["patch_tokens"], ["latents"])
+    if not text:
+        return [onnx_name(r, "fp32") for r in ("vision", "resampler")]
 
     ids, mask = encode(bundle.tokenizer, ["a photo of a red circle"])
     if ids.shape != (1, bundle.context_length):
@@ -102,7 +105,7 @@ def export_onnx(bundle: Bundle, out: Path) -> list[str]:
     return [onnx_name(r, "fp32") for r in ("vision", "resampler", "text")] + ["tokenizer.json"]
 
 
-def source_record(bundle: Bundle, spec: dict) -> dict:
+def source_record(bundle: Bundle, spec: dict, text: bool = True) -> dict:
     p = bundle.preprocess
     return {
         "tools_version": __version__,
@@ -112,22 +115,22 @@ def source_record(bundle: Bundle, spec: dict) -> dict:
         "embed_dim": bundle.embed_dim,
         "preprocess": p.record(),
         "text": {"tokenizer": "tokenizer.json", "context_length": bundle.context_length, "pad_id": bundle.pad_id,
-                 "uses_attention_mask": text_uses_mask(bundle.text)},
+                 "uses_attention_mask": text_uses_mask(bundle.text)} if text else None,
         "scores": {"logit_scale": float(bundle.logit_scale), "logit_bias": float(bundle.logit_bias)},
     }
 
 
-def export_bundle(bundle: Bundle, out: Path, spec: dict) -> list[str]:
+def export_bundle(bundle: Bundle, out: Path, spec: dict, text: bool = True) -> list[str]:
     """Exports `bundle` into directory `out` (created if needed). All files are written to a staging directory
     first and renamed into place only when every export and check passed; stale derived files (int8, parity,
     reference, manifest) of an earlier export are removed so they cannot be mistaken for this one's."""
     out = ensure_writable_dir(Path(out))
     staging = staging_dir(out)
     try:
-        names = export_onnx(bundle, staging)
+        names = export_onnx(bundle, staging, text)
         res = onnx.load(str(staging / onnx_name("resampler", "fp32")))
         dims = [d.dim_value for d in res.graph.output[0].type.tensor_type.shape.dim]
-        record = source_record(bundle, spec)
+        record = source_record(bundle, spec, text)
         record["resampler"] = {"kind": bundle.resampler_kind, "num_latents": dims[1], "latent_dim": dims[2]}
         (staging / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         names.append(SOURCE_FILE)
@@ -135,7 +138,7 @@ def export_bundle(bundle: Bundle, out: Path, spec: dict) -> list[str]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     commit_files(staging, out, names)
-    remove_files(out, DERIVED)
+    remove_files(out, DERIVED + ([] if text else [onnx_name("text", "fp32"), "tokenizer.json"]))
     return names
 
 

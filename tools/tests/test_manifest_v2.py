@@ -249,3 +249,21 @@ def test_fp32_only_bundle_from_export(tmp_path, checkpoints, what, capsys):
     if what == "reference":
         index = tomllib.loads((out / "reference" / "index.toml").read_text())
         assert set(index["text"]["outputs"]) == {"fp32"} and set(index["images"][0]["outputs"]) == {"fp32"}
+
+
+def test_export_without_text(tmp_path, checkpoints, capsys):
+    """export --hf --no-text: a vision-only bundle validated against PyTorch, quantized and manifested."""
+    out = tmp_path / "b"
+    rc, so, err = run_cli(["export", "--hf", str(checkpoints["clip"]), "--out", str(out), "--no-text", "--latents",
+                           "4", "--resampler-depth", "1"], capsys)
+    assert rc == 0, err
+    assert "no text encoder" in so and not (out / "text.fp32.onnx").exists() and not (out / "tokenizer.json").exists()
+    for step in (["quantize", str(out), "--scenes", "16"], ["validate", str(out)], ["manifest", str(out)]):
+        rc, _, err = run_cli(step, capsys)
+        assert rc == 0, f"{step[0]}: {err}"
+    m = tomllib.loads((out / "manifest.toml").read_text())
+    assert "text" not in m and m["scores"]["logit_scale"] > 0  # the checkpoint's scores stay (for prototypes)
+    assert sorted((f["role"], f["variant"]) for f in m["files"]) == [("resampler", "fp32"), ("resampler", "int8"),
+                                                                     ("vision", "fp32"), ("vision", "int8")]
+    assert m["files"][0]["parity"]["reference"] == "pytorch"
+    assert "text" not in tomllib.loads((out / "reference" / "index.toml").read_text())
