@@ -145,15 +145,32 @@ def bundle_roles(bundle: Path, rec: dict) -> list[str]:
     return ["vision", "resampler"] + (["text"] if rec.get("text") else [])
 
 
+def quant_format(path: Path) -> str:
+    """"qoperator", "dynamic" or "qdq", read from the operators of an int8 ONNX file."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    if ops & {"QLinearMatMul", "QLinearConv"}:
+        return "qoperator"
+    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}:
+        return "dynamic"
+    if "DequantizeLinear" in ops:
+        return "qdq"
+    raise ToolError(f"{path} holds no quantized operator: it is not an int8 file; re-run `ocellus-tools quantize`")
+
+
 def int8_files(bundle: Path, roles: list[str]) -> list[dict]:
     """The bundle's int8 files as {"role", "path", "quant", "engines"}: those quantize.json lists (in its order),
     or, without quantize.json, the `<role>.int8.onnx` files that exist (tract's QOperator format, as quantize
-    wrote them before quantize.json)."""
+    wrote them before quantize.json) and then any `<role>.int8-ort.onnx` (for onnxruntime; the format read from
+    its operators). int8 files quantize.json does not list are left out, with a warning."""
     bundle = Path(bundle)
     qfile = bundle / QUANTIZE_FILE
     if not qfile.is_file():
-        return [{"role": r, "path": onnx_name(r, "int8"), "quant": "qoperator", "engines": ["tract"]}
-                for r in roles if (bundle / onnx_name(r, "int8")).is_file()]
+        files = [{"role": r, "path": onnx_name(r, "int8"), "quant": "qoperator", "engines": ["tract"]}
+                 for r in roles if (bundle / onnx_name(r, "int8")).is_file()]
+        return files + [{"role": r, "path": ort_int8_name(r), "quant": quant_format(bundle / ort_int8_name(r)),
+                         "engines": ["onnxruntime"]} for r in roles if (bundle / ort_int8_name(r)).is_file()]
     fix = f"run `ocellus-tools quantize {bundle}` again"
     q = read_json(qfile, fix)
     files = q.get("files") if isinstance(q, dict) else None
@@ -178,6 +195,13 @@ def int8_files(bundle: Path, roles: list[str]) -> list[dict]:
         if Path(path).name != path or not (bundle / path).is_file():
             raise ToolError(f"{qfile} lists {path}, which is not a file in {bundle}: {fix}")
         out.append({"role": role, "path": path, "quant": quant, "engines": engines})
+    listed = {f["path"] for f in out}
+    for name in (n for r in roles for n in (onnx_name(r, "int8"), ort_int8_name(r))):
+        if (bundle / name).is_file() and name not in listed:
+            import sys
+
+            print(f"warning: {bundle / name} is not listed in {qfile.name}, so it is not part of the bundle: "
+                  f"remove it, or run `ocellus-tools quantize {bundle}` again", file=sys.stderr)
     return out
 
 

@@ -267,3 +267,25 @@ def test_export_without_text(tmp_path, checkpoints, capsys):
                                                                      ("vision", "fp32"), ("vision", "int8")]
     assert m["files"][0]["parity"]["reference"] == "pytorch"
     assert "text" not in tomllib.loads((out / "reference" / "index.toml").read_text())
+
+
+def test_int8_files_without_quantize_json(tmp_path, imported, capsys):
+    """No quantize.json: <role>.int8.onnx are tract's QOperator files, <role>.int8-ort.onnx onnxruntime's (their
+    format read from their operators); with quantize.json, a file it does not list is left out, with a warning."""
+    bundle = shutil.copytree(imported[0], tmp_path / "b")
+    q = _quantize_both_forms(bundle, capsys)
+    (bundle / "quantize.json").unlink()
+    for step in (["validate", str(bundle)], ["manifest", str(bundle)]):
+        rc, _, err = run_cli(step, capsys)
+        assert rc == 0, err
+    m = tomllib.loads((bundle / "manifest.toml").read_text())
+    assert [(f["path"], f.get("engines"), f.get("quant")) for f in m["files"] if f["variant"] == "int8"] == [
+        ("vision.int8.onnx", ["tract"], "qoperator"), ("resampler.int8.onnx", ["tract"], "qoperator"),
+        ("vision.int8-ort.onnx", ["onnxruntime"], "dynamic"), ("resampler.int8-ort.onnx", ["onnxruntime"], "dynamic")]
+    q["files"] = [f for f in q["files"] if f["path"] != "resampler.int8-ort.onnx"]
+    (bundle / "quantize.json").write_text(json.dumps(q))
+    rc, _, err = run_cli(["manifest", str(bundle)], capsys)
+    assert rc == 0, err
+    assert "resampler.int8-ort.onnx is not listed in quantize.json" in err
+    m = tomllib.loads((bundle / "manifest.toml").read_text())
+    assert "resampler.int8-ort.onnx" not in [f["path"] for f in m["files"]]
