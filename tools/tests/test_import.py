@@ -167,6 +167,16 @@ def test_tokens_inside_the_graph_pooled_after_the_final_norm(tmp_path, vit_onnx,
     assert pt.shape == (1, N, D) and cosine(pt, hidden) < 0.99 and cosine(ie, hidden[:, 0]) >= 0.9999
 
 
+def test_no_fold(tmp_path, vit_onnx, capsys):
+    """--no-fold keeps the shape arithmetic and the interpolation in the graph; the engines still agree."""
+    rc, out, err = run_cli(["import", str(vit_onnx), "--out", str(tmp_path / "b"), "--no-fold", "--latents", "4"],
+                           capsys)
+    assert rc == 0, err
+    assert "not folded" in out and "tract vs onnxruntime: patch_tokens cosine 1.0000000" in out
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "vision.fp32.onnx")).graph.node}
+    assert {"Shape", "Resize"} <= ops
+
+
 def test_opset17_and_dynamic_size(tmp_path, capsys):
     """opset 17, height and width dynamic too: --size picks the resolution, the in-graph interpolation makes the
     token count follow it (6 x 8 patches + the class token at 96x128)."""
