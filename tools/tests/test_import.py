@@ -272,11 +272,17 @@ OCELLUS_BIN = os.environ.get("OCELLUS_BIN")
                     "--dump and vision-only bundles) to run the runtime on the imported bundle")
 def test_runtime_on_the_imported_bundle(tmp_path, imported, capsys):
     bundle = shutil.copytree(imported[0], tmp_path / "bundle")
-    rc, _, err = run_cli(["validate", str(bundle)], capsys)
-    assert rc == 0, err
-    rc, _, err = run_cli(["manifest", str(bundle)], capsys)
-    assert rc == 0, err
-    cfg = tmp_path / "ocellus.toml"
+    rng = np.random.default_rng(5)
+    for label, colour in (("red", (220, 30, 30)), ("blue", (30, 40, 220))):  # something to score frames against
+        (tmp_path / "examples" / label).mkdir(parents=True)
+        for i in range(2):
+            a = np.clip(rng.normal(0, 25, (48, 64, 3)) + colour, 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(tmp_path / "examples" / label / f"{i}.png")
+    for step in (["validate", str(bundle)], ["prototypes", str(bundle), str(tmp_path / "examples")],
+                 ["manifest", str(bundle)]):
+        rc, _, err = run_cli(step, capsys)
+        assert rc == 0, f"{step[0]}: {err}"
+    cfg = tmp_path / "ocellus.toml"  # no [prompts]: the bundle has no text encoder, its prototypes are scored
     cfg.write_text(f"""[[camera]]
 name = "synthetic"
 source = "synthetic"
