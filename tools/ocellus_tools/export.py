@@ -202,4 +202,5 @@ def export_resampler_only(out: Path, *, kind: str, tokens: int | None, width: in
         raise
     commit_files(staging, out, names)
     removed = remove_files(out, derived_files())
-    return {"spec": spec, "description": describe(spec), "names": names, "removed": removed, "bundle": vision is not None}
+    return {"spec": spec, "description": describe(spec), "names": names, "removed": removed,
+            "bundle": vision is not None}

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conftest import IMPORT_ARGS, run_cli
+from conftest import run_cli
 from ocellus_tools.bundle import Preprocess
 from ocellus_tools.images import scene_frame
 from ocellus_tools.prepare import prepare_image
@@ -39,7 +38,7 @@ def _one_line_error(rc, err, *needles):
     return lines[0]
 
 
-def _frames(pre: Preprocess, seed: int = 0) -> list[np.ndarray]:
+def _frames(seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [scene_frame(rng, w, h) for w, h in ((64, 64), (161, 96), (80, 129), (49, 33))]
 
@@ -76,7 +75,7 @@ def test_import_then_manifest_vision_only(imported, vit_onnx):
     # the bundle's file against the original, both in onnxruntime, on the same prepared inputs
     pre = Preprocess.from_record(m["preprocess"])
     ours, orig = _session(bundle / "vision.fp32.onnx"), _session(vit_onnx)
-    for frame in _frames(pre):
+    for frame in _frames():
         pv = prepare_image(frame, pre)
         pt, ie = ours.run(None, {"pixel_values": pv})
         hidden, _ = orig.run(None, {"pixel_values": pv})
@@ -138,7 +137,7 @@ def test_pool_choices(tmp_path, vit_onnx, pool, capsys):
     rc, _, err = run_cli(["import", str(vit_onnx), "--out", str(out), "--pool", pool, "--latents", "4",
                           "--resampler-depth", "1"], capsys)
     assert rc == 0, err
-    pv = prepare_image(_frames(None)[1], Preprocess.from_record(json.loads((out / "source.json").read_text())
+    pv = prepare_image(_frames()[1], Preprocess.from_record(json.loads((out / "source.json").read_text())
                                                                  ["preprocess"]))
     _, ie = _session(out / "vision.fp32.onnx").run(None, {"pixel_values": pv})
     hidden, pooler = _session(vit_onnx).run(None, {"pixel_values": pv})
@@ -160,7 +159,7 @@ def test_tokens_inside_the_graph_pooled_after_the_final_norm(tmp_path, vit_onnx,
     assert rc == 0, err
     spec = json.loads((out / "source.json").read_text())["spec"]
     assert spec["tokens"] == pre_norm.output[0] and spec["pool_after"] == "last_hidden_state"
-    pv = prepare_image(_frames(None)[0], Preprocess.from_record(json.loads((out / "source.json").read_text())
+    pv = prepare_image(_frames()[0], Preprocess.from_record(json.loads((out / "source.json").read_text())
                                                                  ["preprocess"]))
     pt, ie = _session(out / "vision.fp32.onnx").run(None, {"pixel_values": pv})
     hidden, _ = _session(vit_onnx).run(None, {"pixel_values": pv})
