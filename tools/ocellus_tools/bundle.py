@@ -10,36 +10,63 @@ from dataclasses import dataclass
 import torch
 
 
+RESIZES = ("shortest_edge", "squash", "letterbox")
+
+
 @dataclass
 class Preprocess:
     """Mirrors the ``[preprocess]`` table of docs/manifest.md."""
 
     height: int
     width: int
-    resize: str = "shortest_edge"  # "shortest_edge" | "squash"
+    resize: str = "shortest_edge"  # "shortest_edge" | "squash" | "letterbox"
     interpolation: str = "bilinear"  # "bilinear" | "bicubic"
-    crop: str = "center"  # "center" | "none" (only with resize = "squash")
+    crop: str = "center"  # "center" | "none" (only with resize = "squash" or "letterbox")
     channel_order: str = "rgb"  # "rgb" | "bgr"
     rescale: float = 1 / 255
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
+    pad: tuple = (0, 0, 0)  # letterbox fill, RGB8 (only meaningful with resize = "letterbox")
 
     def check(self) -> None:
         """Raises ValueError when a field is outside what the manifest format allows."""
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"preprocess size must be positive, got {self.height}x{self.width}")
-        if self.resize not in ("shortest_edge", "squash"):
-            raise ValueError(f"preprocess resize must be 'shortest_edge' or 'squash', got {self.resize!r}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"preprocess resize must be one of {', '.join(map(repr, RESIZES))}, got {self.resize!r}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ValueError(f"preprocess interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
         if self.crop not in ("center", "none"):
             raise ValueError(f"preprocess crop must be 'center' or 'none', got {self.crop!r}")
-        if self.crop == "none" and self.resize != "squash":
-            raise ValueError("preprocess crop = 'none' is only valid with resize = 'squash'")
+        if self.crop == "none" and self.resize == "shortest_edge":
+            raise ValueError("preprocess crop = 'none' is only valid with resize = 'squash' or 'letterbox'")
+        if self.resize == "letterbox" and self.crop != "none":
+            raise ValueError("preprocess resize = 'letterbox' needs crop = 'none' (the whole image is kept)")
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError(f"preprocess channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise ValueError("preprocess mean and std need 3 values each, std non-zero")
+        if len(self.pad) != 3 or any(int(v) != v or not 0 <= v <= 255 for v in self.pad):
+            raise ValueError(f"preprocess pad must be 3 integers in 0..255 (an RGB8 colour), got {list(self.pad)}")
+
+    def record(self) -> dict:
+        """The ``[preprocess]`` table as written to source.json and manifest.toml; ``pad`` only with letterbox
+        (so the tables of the other modes stay as they were)."""
+        rec = {"height": self.height, "width": self.width, "resize": self.resize, "interpolation": self.interpolation,
+               "crop": self.crop, "channel_order": self.channel_order, "rescale": float(self.rescale),
+               "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+        if self.resize == "letterbox":
+            rec["pad"] = [int(v) for v in self.pad]
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "Preprocess":
+        """Inverse of :meth:`record` (source.json's ``preprocess``)."""
+        rec = dict(rec)
+        for k in ("mean", "std", "pad"):
+            if k in rec:
+                rec[k] = tuple(rec[k])
+        return cls(**rec)
 
 
 @dataclass

@@ -175,6 +175,25 @@ def _preprocess(path: Path, family: str, image_size: int) -> Preprocess:
         pc = json.loads(pc_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ToolError(f"cannot read {pc_file}: {e}: fix or remove it (family defaults are used without it)") from e
+    return apply_preprocessor_config(pre, pc, pc_file, image_size)
+
+
+def preprocessor_size(pc: dict) -> tuple[int, int] | None:
+    """(H, W) of the model input a Hugging Face preprocessor_config.json produces: the centre crop's size, or a
+    fixed resize size; None when it does not say."""
+    crop, size = pc.get("crop_size"), pc.get("size")
+    if pc.get("do_center_crop", True) and isinstance(crop, dict) and "height" in crop and "width" in crop:
+        return int(crop["height"]), int(crop["width"])
+    if pc.get("do_center_crop", True) and isinstance(crop, int):
+        return crop, crop
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    return None
+
+
+def apply_preprocessor_config(pre: Preprocess, pc: dict, pc_file: Path, image_size: int) -> Preprocess:
+    """`pre` updated from a Hugging Face preprocessor_config.json (resize mode, interpolation, rescale, mean and
+    std; the input size stays `pre`'s)."""
     size = pc.get("size") or {}
     if isinstance(size, dict) and "shortest_edge" in size:
         pre.resize, pre.crop = "shortest_edge", "center"

@@ -8,11 +8,14 @@
 2. Resample that box to W x H with Pillow's separable convolution resampling (`Image.resize((W, H),
    resample=BILINEAR|BICUBIC, box=box)`), which widens the filter support when downscaling (antialiasing);
    when the box is the whole image and already W x H, this is the identity.
-3. x = u8 * rescale, then (x - mean[c]) / std[c], in float32; planes in `channel_order`; NCHW.
+   * resize = "letterbox" instead: the whole image is resampled to (sw, sh) of :func:`letterbox_size` (its
+     aspect kept) and pasted centred on a W x H canvas filled with `pad`, the odd pixel right/bottom.
+3. x = u8 * rescale, then (x - mean[c]) / std[c], in float32 (pad pixels too); planes in `channel_order`; NCHW.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,7 @@ def crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, fl
     """(x0, y0, x1, y1) of the source region that is resampled to the model input, in source pixels."""
     w, h = float(width), float(height)
     mw, mh = float(pre.width), float(pre.height)
-    if pre.resize == "squash":
+    if pre.resize in ("squash", "letterbox"):
         return (0.0, 0.0, w, h)
     # exact comparison of the aspect ratios, then the same float64 operations as the runtime's crop_box
     if w * mh > h * mw:
@@ -41,20 +44,55 @@ def crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, fl
     return (0.0, top, w, top + ch)
 
 
+def round_half_up(x: float) -> int:
+    """Rounds a non-negative float to the nearest integer, ties up (Rust's ``f64::round`` for x >= 0; Python's
+    ``round`` rounds ties to even, which the runtime does not)."""
+    whole = math.floor(x)
+    return int(whole) + (1 if x - whole >= 0.5 else 0)
+
+
+def letterbox_size(width: int, height: int, pre: Preprocess) -> tuple[int, int]:
+    """(sw, sh): the size a w x h image is scaled to inside the W x H letterbox. In float64, s = min(W / w,
+    H / h); sw = round(w * s), sh = round(h * s), ties up, each clamped to [1, W] and [1, H]."""
+    s = min(pre.width / width, pre.height / height)
+    sw = min(max(round_half_up(width * s), 1), pre.width)
+    sh = min(max(round_half_up(height * s), 1), pre.height)
+    return sw, sh
+
+
+def letterbox_offset(sw: int, sh: int, pre: Preprocess) -> tuple[int, int]:
+    """(left, top) of the scaled image on the canvas: centred, the odd pixel to the right and bottom."""
+    return (pre.width - sw) // 2, (pre.height - sh) // 2
+
+
+def _letterbox(image: Image.Image, pre: Preprocess, resample) -> Image.Image:
+    w, h = image.width, image.height
+    sw, sh = letterbox_size(w, h, pre)
+    rows = image.resize((sw, h), resample=resample, box=(0.0, 0.0, float(w), float(h)))
+    scaled = rows.resize((sw, sh), resample=resample, box=(0.0, 0.0, float(sw), float(h)))
+    canvas = Image.new("RGB", (pre.width, pre.height), tuple(int(v) for v in pre.pad))
+    canvas.paste(scaled, letterbox_offset(sw, sh, pre))
+    return canvas
+
+
 def prepare_image(image: Image.Image | np.ndarray, pre: Preprocess) -> np.ndarray:
     """The model input for one image: float32 [1, 3, pre.height, pre.width]."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
     if image.mode != "RGB":
         image = image.convert("RGB")
-    box = crop_box(image.width, image.height, pre)
-    # Two single-axis calls pin the pass order to horizontal then vertical (the contract, and what the runtime
-    # does): Pillow 13 picks the order of a two-axis resize itself and for some shapes goes vertical first, which
-    # rounds the intermediate image differently. Each call computes the same coefficients a single call would.
-    x0, y0, x1, y1 = box
     resample = _RESAMPLE[pre.interpolation]
-    rows = image.resize((pre.width, image.height), resample=resample, box=(x0, 0.0, x1, float(image.height)))
-    resized = rows.resize((pre.width, pre.height), resample=resample, box=(0.0, y0, float(pre.width), y1))
+    if pre.resize == "letterbox":
+        resized = _letterbox(image, pre, resample)
+    else:
+        box = crop_box(image.width, image.height, pre)
+        # Two single-axis calls pin the pass order to horizontal then vertical (the contract, and what the
+        # runtime does): Pillow 13 picks the order of a two-axis resize itself and for some shapes goes vertical
+        # first, which rounds the intermediate image differently. Each call computes the same coefficients a
+        # single call would.
+        x0, y0, x1, y1 = box
+        rows = image.resize((pre.width, image.height), resample=resample, box=(x0, 0.0, x1, float(image.height)))
+        resized = rows.resize((pre.width, pre.height), resample=resample, box=(0.0, y0, float(pre.width), y1))
     x = np.asarray(resized, dtype=np.uint8).astype(np.float32) * np.float32(pre.rescale)
     x = (x - np.asarray(pre.mean, dtype=np.float32)) / np.asarray(pre.std, dtype=np.float32)
     if pre.channel_order == "bgr":

@@ -18,7 +18,7 @@ import onnx
 from tqdm import tqdm
 
 from .errors import ToolError
-from .files import commit_files, onnx_name, read_source, require_files, staging_dir
+from .files import bundle_roles, commit_files, onnx_name, read_source, require_files, staging_dir
 
 QUANTIZABLE = ("MatMul", "Conv")
 QUANT_OPS = {"QLinearMatMul", "QLinearConv", "QuantizeLinear", "DequantizeLinear"}
@@ -176,12 +176,13 @@ def quantize_bundle(bundle: Path, pixel_values: list[np.ndarray], texts: list[st
     from .export import encode
 
     bundle = Path(bundle)
-    read_source(bundle)
-    fp32 = {r: bundle / onnx_name(r, "fp32") for r in ("vision", "resampler", "text")}
-    require_files(bundle, [p.name for p in fp32.values()] + ["tokenizer.json"], "export --out")
+    roles = bundle_roles(bundle, read_source(bundle))  # text only when the bundle has a text encoder
+    fp32 = {r: bundle / onnx_name(r, "fp32") for r in roles}
+    require_files(bundle, [p.name for p in fp32.values()] + (["tokenizer.json"] if "text" in roles else []),
+                  "export --out")
     if not pixel_values:
         raise ToolError("no calibration images: pass --images DIR with readable images or --scenes N (N > 0)")
-    if not texts:
+    if not texts and "text" in roles:
         raise ToolError("no calibration texts")
 
     vision = _session(fp32["vision"])
@@ -189,17 +190,17 @@ def quantize_bundle(bundle: Path, pixel_values: list[np.ndarray], texts: list[st
                     for pv in tqdm(pixel_values, desc="patch tokens", unit="image")]
     check_pv = list(check_pixel_values or [])
     check_pt = [vision.run(["patch_tokens"], {"pixel_values": pv})[0] for pv in check_pv]
-    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
-    ids, mask = encode(tokenizer, texts)
-    tfeeds = text_feeds(_session(fp32["text"]), ids, mask)
+    jobs = [("vision", [{"pixel_values": pv} for pv in pixel_values], [{"pixel_values": pv} for pv in check_pv]),
+            ("resampler", [{"patch_tokens": t} for t in patch_tokens], [{"patch_tokens": t} for t in check_pt])]
+    if "text" in roles:
+        tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+        ids, mask = encode(tokenizer, texts)
+        jobs.append(("text", text_feeds(_session(fp32["text"]), ids, mask), None))
 
     staging = staging_dir(bundle)
     report = {}
     try:
-        for role, feeds, check in (
-                ("vision", [{"pixel_values": pv} for pv in pixel_values], [{"pixel_values": pv} for pv in check_pv]),
-                ("resampler", [{"patch_tokens": t} for t in patch_tokens], [{"patch_tokens": t} for t in check_pt]),
-                ("text", tfeeds, None)):
+        for role, feeds, check in jobs:
             r = quantize_file(fp32[role], staging / onnx_name(role, "int8"), feeds, f"calibrating {role}", target,
                               check)
             r["size"] = os.path.getsize(staging / onnx_name(role, "int8"))
@@ -207,5 +208,5 @@ def quantize_bundle(bundle: Path, pixel_values: list[np.ndarray], texts: list[st
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    commit_files(staging, bundle, [onnx_name(r, "int8") for r in ("vision", "resampler", "text")])
+    commit_files(staging, bundle, [onnx_name(r, "int8") for r in roles])
     return report

@@ -194,12 +194,17 @@ def init_resampler(module: nn.Module, seed: int, std: float = 0.02) -> nn.Module
     return module
 
 
+def default_heads(dim: int) -> int:
+    """The most heads (of 8, 4, 2, 1) that divide ``dim`` with at least 16 channels each (1 at worst)."""
+    return next(h for h in (8, 4, 2, 1) if dim % h == 0 and dim // h >= 16 or h == 1)
+
+
 def build_resampler(kind: str, in_dim: int, *, num_latents: int, depth: int, dim: int | None = None,
                     heads: int | None = None, seed: int = 0) -> nn.Module:
     """A seeded, initialised resampler of ``kind`` ("perceiver" | "qformer") reading tokens of width ``in_dim``."""
     dim = dim or in_dim
     if heads is None:
-        heads = next(h for h in (8, 4, 2, 1) if dim % h == 0 and dim // h >= 16 or h == 1)
+        heads = default_heads(dim)
     if kind == "perceiver":
         m = PerceiverResampler(dim=dim, depth=depth, heads=heads, num_latents=num_latents, in_dim=in_dim)
     elif kind == "qformer":

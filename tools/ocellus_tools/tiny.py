@@ -1,9 +1,14 @@
-"""Tiny, seeded, randomly initialised CLIP and SigLIP checkpoints written with save_pretrained.
+"""Tiny, seeded, randomly initialised CLIP and SigLIP checkpoints written with save_pretrained, and a
+"third-party" ViT ONNX file.
 
 They exercise the real transformers code path (config.json + safetensors + tokenizer.json, loaded back with
-from_pretrained) without any download. Used by the tests and by tools/scripts/make-test-models.sh.
+from_pretrained) without any download. Used by the tests and by tools/scripts/make-test-models.sh. The ViT file
+(`vit`) is what a user brings to `ocellus-tools import`: a Hugging Face ViTModel exported by the TorchScript
+exporter with a dynamic batch, the position-embedding interpolation in the graph and the exporter's own tensor
+names (tools/scripts/make-import-model.sh).
 
     python -m ocellus_tools.tiny {clip|siglip} DIR [--seed N] [--no-preprocessor-config]
+    python -m ocellus_tools.tiny vit FILE.onnx [--seed N] [--opset 14] [--preprocessor-config FILE.json]
 """
 
 from __future__ import annotations
@@ -82,13 +87,58 @@ def make_tiny_checkpoint(out: Path, family: str, seed: int = 0, preprocessor_con
     return out
 
 
+VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+           patch_size=16)
+
+
+def make_tiny_vit_onnx(out: Path, seed: int = 0, opset: int = 14, dynamic: str = "batch", **config) -> Path:
+    """Writes a random Hugging Face ViTModel (VIT, updated by `config`) as ONNX: input pixel_values [batch, 3, H,
+    W], outputs last_hidden_state [batch, N, D] (after the final LayerNorm, class token first) and pooler_output
+    [batch, D] (tanh(dense(class token))). `dynamic`: "batch" (only the batch dimension is dynamic) or "all"
+    (height and width too). interpolate_pos_encoding=True puts the position-embedding interpolation in the graph
+    (transformers always interpolates while tracing), as third-party DINOv2-style exports have it."""
+    import transformers
+    from torch import nn
+
+    class _Outputs(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            out = self.model(pixel_values=pixel_values, interpolate_pos_encoding=True)
+            return out.last_hidden_state, out.pooler_output
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = transformers.ViTConfig(**{**VIT, **config})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = transformers.ViTModel(cfg, add_pooling_layer=True, use_mask_token=False).eval()
+        axes = {0: "batch"} if dynamic == "batch" else {0: "batch", 2: "height", 3: "width"}
+        x = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            torch.onnx.export(_Outputs(model), (x,), str(out), dynamo=False, opset_version=opset,
+                              input_names=["pixel_values"], output_names=["last_hidden_state", "pooler_output"],
+                              dynamic_axes={"pixel_values": axes, "last_hidden_state": {0: "batch"},
+                                            "pooler_output": {0: "batch"}})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ocellus_tools.tiny", description=__doc__.splitlines()[0])
-    ap.add_argument("family", choices=["clip", "siglip"])
+    ap.add_argument("family", choices=["clip", "siglip", "vit"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-preprocessor-config", action="store_true")
+    ap.add_argument("--opset", type=int, default=14, help="vit: ONNX opset (default 14)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.family == "vit":
+        make_tiny_vit_onnx(args.out, args.seed, args.opset)
+        print(f"wrote a random ViTModel (seed {args.seed}, opset {args.opset}, dynamic batch) to {args.out}")
+        return 0
     make_tiny_checkpoint(args.out, args.family, args.seed, not args.no_preprocessor_config)
     print(f"wrote a random {args.family} checkpoint (seed {args.seed}) to {args.out}")
     return 0

@@ -15,10 +15,12 @@ PY="${1:-$HOME/.cache/ocellus/venv/bin/python}"
 SCRATCH="${TMPDIR:-/tmp}/ocellus-test-models"
 CHECKPOINT="$SCRATCH/tiny-clip-seed0"
 OUT="$ROOT/models/hf-clip-qformer"
-tools() { "$PY" -m ocellus_tools.cli --threads 1 "$@"; }
+# from tools/, so that this checkout's ocellus_tools is the one imported (the venv's editable install may point at
+# another checkout)
+tools() { (cd "$ROOT/tools" && "$PY" -m ocellus_tools.cli --threads 1 "$@"); }
 
 rm -rf "$CHECKPOINT"
-"$PY" -m ocellus_tools.tiny clip "$CHECKPOINT" --seed 0
+(cd "$ROOT/tools" && "$PY" -m ocellus_tools.tiny clip "$CHECKPOINT" --seed 0)
 tools export --hf "$CHECKPOINT" --out "$OUT" --name hf-clip-qformer --resampler qformer --latents 8 --latent-dim 32 \
     --resampler-depth 2 --seed 0
 tools quantize "$OUT" --scenes 64 --seed 7

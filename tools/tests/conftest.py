@@ -66,3 +66,47 @@ class Built:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, checkpoints) -> Built:
     return Built(tmp_path_factory.mktemp("bundles"), checkpoints)
+
+
+@pytest.fixture(scope="session")
+def vit_onnx(tmp_path_factory) -> Path:
+    """A "third-party" backbone: a random Hugging Face ViTModel (hidden 64, 2 layers, 64 px, patch 16) exported by
+    the TorchScript exporter at opset 14 with a dynamic batch and the position interpolation in the graph."""
+    from ocellus_tools.tiny import make_tiny_vit_onnx
+
+    return make_tiny_vit_onnx(tmp_path_factory.mktemp("third-party") / "vit.onnx", seed=4, opset=14)
+
+
+IMPORT_ARGS = ["--resize", "letterbox", "--pad", "114", "114", "114", "--interpolation", "bilinear",
+               "--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5"]
+
+
+@pytest.fixture(scope="session")
+def imported(tmp_path_factory, vit_onnx, capsys_session_free) -> tuple[Path, str]:
+    """ONE `ocellus-tools import` of vit_onnx (letterbox, a Q-Former of 8 queries of width 32), then `manifest`:
+    (bundle, the import's stdout). Copy it before changing it."""
+    out = tmp_path_factory.mktemp("imported") / "vit-import"
+    rc, so, se = capsys_session_free(["import", str(vit_onnx), "--out", str(out), *IMPORT_ARGS,
+                                      "--resampler", "qformer", "--latents", "8", "--latent-dim", "32", "--seed", "2"])
+    assert rc == 0, se
+    rc, _, se = capsys_session_free(["manifest", str(out)])
+    assert rc == 0, se
+    return out, so
+
+
+@pytest.fixture(scope="session")
+def capsys_session_free():
+    """run_cli for session fixtures (capsys is function-scoped): captures stdout/stderr by redirection."""
+    import contextlib
+    import io
+
+    def run(args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(["--threads", "1", *args])
+            except SystemExit as e:
+                rc = e.code
+        return rc, out.getvalue(), err.getvalue()
+
+    return run

@@ -23,7 +23,7 @@ def test_pipeline(built, capsys, family, resampler):
     bundle, logs = built.get(family, resampler, capsys)
     m = tomllib.loads((bundle / "manifest.toml").read_text())
 
-    assert m["format"] == 1 and m["name"] == f"{family}-{resampler}" and m["tools_version"] == "0.1.0"
+    assert m["format"] == 2 and m["name"] == f"{family}-{resampler}" and m["tools_version"] == "0.1.0"
     assert m["source"].startswith(f"hf-{family}:")
     pre = m["preprocess"]
     assert (pre["height"], pre["width"]) == (64, 64)
@@ -50,6 +50,10 @@ def test_pipeline(built, capsys, family, resampler):
         assert [o["name"] for o in f["outputs"]] == [o.name for o in sess.get_outputs()]
         assert [o["shape"] for o in f["outputs"]] == [o.shape for o in sess.get_outputs()]
         assert f["parity"]["reference"] == ("pytorch" if variant == "fp32" else "fp32")
+        if variant == "int8":  # without quantize.json, <role>.int8.onnx are tract's QOperator files
+            assert f["engines"] == ["tract"] and f["quant"] == "qoperator"
+        else:
+            assert "engines" not in f and "quant" not in f
         for o in f["parity"]["outputs"]:
             assert o["cosine"] >= (0.99999 if variant == "fp32" else 0.999), (role, variant, o)
             assert 0 <= o["max_abs"] < (1e-3 if variant == "fp32" else 1.0)

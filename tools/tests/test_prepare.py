@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from ocellus_tools.bundle import Preprocess
-from ocellus_tools.prepare import crop_box, prepare_image
+from ocellus_tools.prepare import crop_box, letterbox_offset, letterbox_size, prepare_image, round_half_up
 
 
 def test_crop_box_shortest_edge_center():
@@ -75,3 +75,101 @@ def test_preprocess_check_rejects_bad_values():
         Preprocess(height=64, width=64, resize="shortest_edge", crop="none").check()
     with pytest.raises(ValueError):
         Preprocess(height=64, width=64, interpolation="nearest").check()
+
+
+def test_committed_reference_pixel_values_are_unchanged():
+    """The committed bundles' reference tensors (what tests/prepare.rs holds the runtime to) come out of
+    prepare_image bit for bit: adding letterbox left shortest_edge and squash as they were."""
+    import tomllib
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    checked = 0
+    for index in sorted(models.glob("*/reference/index.toml")):
+        bundle = index.parent.parent
+        m = tomllib.loads((bundle / "manifest.toml").read_text())
+        pre = Preprocess.from_record(m["preprocess"])
+        for img in tomllib.loads(index.read_text())["images"]:
+            with Image.open(index.parent / img["file"]) as im:
+                got = prepare_image(im, pre)
+            want = np.load(index.parent / img["pixel_values"])
+            assert got.tobytes() == want.tobytes(), (bundle.name, img["id"])
+            checked += 1
+    assert checked >= 8
+
+
+def _letterbox_reference(img: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """The letterbox definition of /docs/manifest.md written out step by step (u8 canvas before normalising)."""
+    h, w = img.shape[:2]
+    s = min(pre.width / w, pre.height / h)
+    sw = min(max(int(np.floor(w * s + 0.5)), 1), pre.width)
+    sh = min(max(int(np.floor(h * s + 0.5)), 1), pre.height)
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[pre.interpolation]
+    rows = Image.fromarray(img).resize((sw, h), resample, box=(0, 0, w, h))
+    scaled = np.asarray(rows.resize((sw, sh), resample, box=(0, 0, sw, h)))
+    canvas = np.empty((pre.height, pre.width, 3), np.uint8)
+    canvas[...] = np.asarray(pre.pad, np.uint8)
+    left, top = (pre.width - sw) // 2, (pre.height - sh) // 2
+    canvas[top:top + sh, left:left + sw] = scaled
+    return canvas
+
+
+def _normalise(u8: np.ndarray, pre: Preprocess) -> np.ndarray:
+    x = u8.astype(np.float32) * np.float32(pre.rescale)
+    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return x.transpose(2, 0, 1)[None]
+
+
+def test_round_half_up_is_not_bankers_rounding():
+    assert [round_half_up(x) for x in (0.0, 0.49999999999999994, 0.5, 1.5, 2.5, 48.5, 48.49)] == [0, 0, 1, 2, 3, 49, 48]
+
+
+@pytest.mark.parametrize("w,h,size,scaled,offset", [
+    (161, 96, (64, 64), (64, 38), (0, 13)),       # landscape, odd width
+    (80, 129, (64, 64), (40, 64), (12, 0)),       # portrait, odd height
+    (128, 97, (64, 64), (64, 49), (0, 7)),        # 97 * 0.5 = 48.5: the tie rounds up, the odd row goes below
+    (49, 33, (64, 64), (64, 43), (0, 10)),        # smaller than the model: scaled up
+    (1000, 3, (64, 48), (64, 1), (0, 23)),        # a sliver keeps at least one row
+    (64, 48, (64, 48), (64, 48), (0, 0)),         # already the model size
+    (30, 100, (48, 64), (19, 64), (14, 0)),       # non-square model, portrait image, odd margin
+])
+def test_letterbox_geometry(w, h, size, scaled, offset):
+    pre = Preprocess(height=size[1], width=size[0], resize="letterbox", crop="none")
+    assert letterbox_size(w, h, pre) == scaled
+    assert letterbox_offset(*scaled, pre) == offset
+
+
+@pytest.mark.parametrize("w,h,interp", [(161, 96, "bilinear"), (80, 129, "bicubic"), (128, 97, "bicubic"),
+                                          (49, 33, "bilinear"), (101, 57, "bicubic")])
+def test_letterbox_matches_the_definition(w, h, interp):
+    rng = np.random.default_rng(w * h)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    pre = Preprocess(height=64, width=64, resize="letterbox", crop="none", interpolation=interp,
+                     pad=(114, 20, 255), mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 2.0))
+    pre.check()
+    got = prepare_image(img, pre)
+    np.testing.assert_array_equal(got, _normalise(_letterbox_reference(img, pre), pre))
+
+
+def test_letterbox_pad_colour_fills_the_margins_only():
+    img = np.full((50, 100, 3), 7, np.uint8)  # 100x50 -> 64x32 at (0, 16): bands of 16 rows above and below
+    pre = Preprocess(height=64, width=64, resize="letterbox", crop="none", pad=(255, 0, 128), mean=(0, 0, 0),
+                     std=(1, 1, 1))
+    x = prepare_image(img, pre)[0]
+    pad = np.float32([255, 0, 128]) * np.float32(1 / 255)
+    for band in (x[:, :16, :], x[:, 48:, :]):
+        np.testing.assert_array_equal(band, np.broadcast_to(pad[:, None, None], band.shape))
+    np.testing.assert_array_equal(x[:, 16:48, :], np.float32(7 * np.float32(1 / 255)))
+    bgr = prepare_image(img, Preprocess(**{**pre.__dict__, "channel_order": "bgr"}))[0]
+    np.testing.assert_array_equal(bgr[:, 0, 0], pad[::-1])
+
+
+def test_letterbox_preprocess_check():
+    Preprocess(height=64, width=64, resize="letterbox", crop="none", pad=(1, 2, 3)).check()
+    with pytest.raises(ValueError, match="crop = 'none'"):
+        Preprocess(height=64, width=64, resize="letterbox", crop="center").check()
+    with pytest.raises(ValueError, match="pad"):
+        Preprocess(height=64, width=64, resize="letterbox", crop="none", pad=(0, 0, 256)).check()
+    rec = Preprocess(height=64, width=48, resize="letterbox", crop="none", pad=(9, 8, 7)).record()
+    assert rec["pad"] == [9, 8, 7] and Preprocess.from_record(rec).pad == (9, 8, 7)
+    assert "pad" not in Preprocess(height=64, width=64).record()
