@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
-use ocellus::infer::Engine;
+use ocellus::infer::{InferenceEngine, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::prompts::TextEncoder;
 use ocellus::scene::PROMPTS;
@@ -25,8 +25,8 @@ fn manifest(bundle: &str) -> Manifest {
     Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn engine(manifest: &Manifest, variant: Variant) -> (Engine, Vec<f32>) {
-    let engine = Engine::load(manifest, variant, 1).unwrap_or_else(|e| panic!("{e}"));
+fn engine(manifest: &Manifest, variant: Variant) -> (TractEngine, Vec<f32>) {
+    let engine = TractEngine::load(manifest, variant.into(), 1).unwrap_or_else(|e| panic!("{e}"));
     let pixels = (0..engine.input_len())
         .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
         .collect();

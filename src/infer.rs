@@ -1,25 +1,34 @@
-//! Manifest verification, tract models, and the per-frame vision encoder + resampler.
+//! Inference: manifest verification, the engine seam, and the engines behind it.
 //!
-//! Lifecycle: [`Engine::load`] verifies the bundle ([`verify`]: sizes, sha256, ONNX signatures, shapes against
-//! each other), then parses, optimises and plans each model once and allocates the input tensors; the
-//! caller allocates a [`VisionOutput`] once with [`Engine::new_output`]; [`Engine::run`] then writes each
-//! frame into the same input tensor and copies the results into the same output buffers.
+//! Everything around inference (preparation, deadlines, budgets, publishing, `ocellus bench`, `check`,
+//! `infer`) talks to an [`InferenceEngine`]: the vision encoder then the resampler, loaded and planned once,
+//! run once per frame into a [`VisionOutput`] allocated once. [`load`] makes the engine the settings name
+//! ([`EngineSettings`]): tract ([`TractEngine`], the default and the only engine of a plain build).
+//! [`select`] says which variant runs on this CPU (`model.variant = "auto"`) and why.
+//!
+//! Lifecycle: loading verifies the bundle ([`verify`]: sizes, sha256, ONNX signatures, shapes against each
+//! other), then parses, optimises and plans each model once and allocates the input tensors; the caller
+//! allocates a [`VisionOutput`] once with [`InferenceEngine::new_output`]; [`InferenceEngine::run`] then
+//! writes each frame into the same input tensor and copies the results into the same output buffers.
 //!
 //! Allocation on the frame path: ocellus's own buffers are reused, but tract allocates every intermediate
-//! tensor of every run (the same sizes each time; counted by `tests/infer_alloc.rs`). [`Engine::memory`]
-//! gives the sizes an arena in front of those allocations needs.
+//! tensor of every run (the same sizes each time; counted by `tests/infer_alloc.rs`).
+//! [`InferenceEngine::memory`] gives the sizes an arena in front of those allocations needs.
 
 mod plan;
+pub mod select;
+mod tract;
 mod verify;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::manifest::{Manifest, ModelRole, Variant};
+use crate::manifest::{EngineKind, Manifest, ModelRole};
 
 pub use plan::PlanMemory;
 pub(crate) use plan::{Executor, Planned};
-use tract_onnx::prelude::TValue;
-pub(crate) use verify::{check_manifest, read_verified};
+pub use select::{RunVariant, VariantChoice};
+pub use tract::TractEngine;
+pub(crate) use verify::{check_file, check_manifest, read_verified};
 pub use verify::{file_sizes, verify, verify_path, FileSize, LoadError};
 
 /// The vision encoder's and resampler's results for one frame; allocated once, overwritten every frame.
@@ -37,7 +46,7 @@ pub struct VisionOutput {
     pub latents_shape: (usize, usize),
 }
 
-/// Wall-clock time of each model in one [`Engine::run`] (monotonic clock).
+/// Wall-clock time of each model in one [`InferenceEngine::run`] (monotonic clock).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StageTimes {
     pub encoder: Duration,
@@ -104,6 +113,77 @@ pub enum InferError {
     },
 }
 
+/// The vision encoder then the resampler of one bundle, loaded and planned once, run once per frame.
+///
+/// `run` must not allocate ocellus-visible buffers (the output is the caller's, made once with
+/// `new_output`); what the engine allocates inside is its own business, measured by `ocellus bench` and
+/// bounded by [`InferenceEngine::memory`].
+pub trait InferenceEngine: Send {
+    /// Which engine, variant and files: for logs and reports.
+    fn info(&self) -> &EngineInfo;
+    /// 3 * H * W: the length of `pixel_values` for [`InferenceEngine::run`].
+    fn input_len(&self) -> usize;
+    /// E: the width of `image_embeds`.
+    fn embed_dim(&self) -> usize;
+    /// Output buffers of the right sizes; allocate once and pass to every `run`.
+    fn new_output(&self) -> VisionOutput;
+    /// Runs the encoder on `pixel_values` (NCHW, 3*H*W values), then the resampler on its patch tokens,
+    /// and copies the results into `out` (image_embeds L2-normalised).
+    fn run(
+        &mut self,
+        pixel_values: &[f32],
+        out: &mut VisionOutput,
+    ) -> Result<StageTimes, InferError>;
+    /// Sizes for the memory budget.
+    fn memory(&self) -> &EngineMemory;
+}
+
+/// What an engine is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub engine: EngineKind,
+    pub variant: RunVariant,
+    pub threads: usize,
+    /// The vision and resampler files.
+    pub files: Vec<std::path::PathBuf>,
+}
+
+impl std::fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} ({} thread{})",
+            self.engine,
+            self.variant,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// How to make an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub engine: EngineKind,
+    pub variant: RunVariant,
+    /// Threads for matrix products (1 = the calling thread only).
+    pub threads: usize,
+}
+
+/// Verifies the bundle's vision and resampler files for `settings` and makes the engine.
+pub fn load(
+    manifest: &Manifest,
+    settings: &EngineSettings,
+) -> Result<Box<dyn InferenceEngine>, LoadError> {
+    match settings.engine {
+        EngineKind::Tract => Ok(Box::new(TractEngine::load_with(manifest, settings)?)),
+        EngineKind::Onnxruntime => Err(LoadError::EngineUnavailable {
+            engine: settings.engine,
+            hint: "this build of ocellus has tract only: build with `--features onnxruntime` (docs/engines.md), or set model.engine = \"tract\"",
+        }),
+    }
+}
+
 /// Builds the executor for `threads` worker threads of tract's matrix products.
 pub(crate) fn executor(threads: usize) -> Result<Executor, LoadError> {
     match threads {
@@ -123,230 +203,6 @@ pub(crate) fn executor(threads: usize) -> Result<Executor, LoadError> {
                 message: e.to_string(),
             }),
     }
-}
-
-/// Vision encoder then resampler, planned once, run once per frame.
-pub struct Engine {
-    variant: Variant,
-    encoder: Planned,
-    resampler: Planned,
-    input_len: usize,
-    patch_tokens_out: usize,
-    image_embeds_out: usize,
-    latents_out: usize,
-    patch_shape: (usize, usize),
-    latents_shape: (usize, usize),
-    embed_dim: usize,
-    memory: EngineMemory,
-}
-
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("variant", &self.variant)
-            .field("encoder", &self.encoder.path)
-            .field("resampler", &self.resampler.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Engine {
-    /// Verifies the vision and resampler files of `variant` (see [`verify`]), then loads, optimises and
-    /// plans both with `threads` threads for matrix products (1 = the calling thread only).
-    pub fn load(
-        manifest: &Manifest,
-        variant: Variant,
-        threads: usize,
-    ) -> Result<Engine, LoadError> {
-        check_manifest(
-            manifest,
-            variant,
-            &[ModelRole::Vision, ModelRole::Resampler],
-        )?;
-        let vision = read_verified(manifest, ModelRole::Vision, variant)?;
-        let resampler = read_verified(manifest, ModelRole::Resampler, variant)?;
-        let files = vec![vision.size.clone(), resampler.size.clone()];
-        let executor = executor(threads)?;
-        let encoder = Planned::build(vision, executor.clone())?;
-        let resampler = Planned::build(resampler, executor)?;
-
-        let missing = |p: &Planned, what: &str| LoadError::Signature {
-            path: p.path.clone(),
-            problem: format!("the optimised model has no {what}"),
-        };
-        if encoder.input_index("pixel_values") != Some(0) || encoder.input_names().len() != 1 {
-            return Err(missing(&encoder, "single input pixel_values"));
-        }
-        if resampler.input_names().len() != 1 {
-            return Err(missing(&resampler, "single input patch_tokens"));
-        }
-        let patch_tokens_out = encoder
-            .output_index("patch_tokens")
-            .ok_or_else(|| missing(&encoder, "output patch_tokens"))?;
-        let image_embeds_out = encoder
-            .output_index("image_embeds")
-            .ok_or_else(|| missing(&encoder, "output image_embeds"))?;
-        let latents_out = resampler
-            .output_index("latents")
-            .ok_or_else(|| missing(&resampler, "output latents"))?;
-
-        let pre = &manifest.preprocess;
-        // check_manifest guarantees the vision entry's patch_tokens is [1, N, D].
-        let patch = manifest
-            .file(ModelRole::Vision, variant)
-            .and_then(|e| e.outputs.iter().find(|s| s.name == "patch_tokens"))
-            .map(|s| (s.shape[1], s.shape[2]))
-            .ok_or_else(|| missing(&encoder, "patch_tokens entry"))?;
-        let latents_shape = (
-            manifest.resampler.num_latents,
-            manifest.resampler.latent_dim,
-        );
-        let embed_dim = manifest.embed_dim;
-        let output_bytes =
-            4 * (embed_dim + patch.0 * patch.1 + latents_shape.0 * latents_shape.1) as u64;
-        let memory = EngineMemory {
-            files,
-            encoder: encoder.memory,
-            resampler: resampler.memory,
-            output_bytes,
-        };
-        Ok(Engine {
-            variant,
-            input_len: 3 * pre.height * pre.width,
-            encoder,
-            resampler,
-            patch_tokens_out,
-            image_embeds_out,
-            latents_out,
-            patch_shape: patch,
-            latents_shape,
-            embed_dim,
-            memory,
-        })
-    }
-
-    pub fn variant(&self) -> Variant {
-        self.variant
-    }
-
-    /// 3 * H * W: the length of `pixel_values` for [`Engine::run`].
-    pub fn input_len(&self) -> usize {
-        self.input_len
-    }
-
-    /// E: the width of `image_embeds`.
-    pub fn embed_dim(&self) -> usize {
-        self.embed_dim
-    }
-
-    /// Sizes for the memory budget.
-    pub fn memory(&self) -> &EngineMemory {
-        &self.memory
-    }
-
-    /// Output buffers of the right sizes; allocate once and pass to every [`Engine::run`].
-    pub fn new_output(&self) -> VisionOutput {
-        VisionOutput {
-            image_embeds: vec![0.0; self.embed_dim],
-            patch_tokens: vec![0.0; self.patch_shape.0 * self.patch_shape.1],
-            patch_tokens_shape: self.patch_shape,
-            latents: vec![0.0; self.latents_shape.0 * self.latents_shape.1],
-            latents_shape: self.latents_shape,
-        }
-    }
-
-    /// Runs the encoder on `pixel_values` (NCHW, 3*H*W values), then the resampler on its patch tokens,
-    /// and copies the results into `out` (image_embeds L2-normalised). `out`'s buffers are never
-    /// reallocated; tract allocates its intermediate tensors (see the module documentation).
-    pub fn run(
-        &mut self,
-        pixel_values: &[f32],
-        out: &mut VisionOutput,
-    ) -> Result<StageTimes, InferError> {
-        if pixel_values.len() != self.input_len {
-            return Err(InferError::InputLength {
-                expected: self.input_len,
-                actual: pixel_values.len(),
-            });
-        }
-        self.check_output(out)?;
-        let failed = |role: ModelRole| {
-            move |e: anyhow::Error| InferError::Tract {
-                role,
-                message: format!("{e:#}"),
-            }
-        };
-
-        let start = Instant::now();
-        self.encoder
-            .with_input(0, |input: &mut [f32]| input.copy_from_slice(pixel_values))
-            .map_err(failed(ModelRole::Vision))?;
-        let mut encoded = self.encoder.run().map_err(failed(ModelRole::Vision))?;
-        let embeds =
-            read_f32(&encoded, self.image_embeds_out).map_err(failed(ModelRole::Vision))?;
-        out.image_embeds.copy_from_slice(embeds);
-        let tokens =
-            read_f32(&encoded, self.patch_tokens_out).map_err(failed(ModelRole::Vision))?;
-        out.patch_tokens.copy_from_slice(tokens);
-        // Moved, not cloned: the resampler holds the only reference and may reuse the buffer.
-        let tokens: TValue = encoded.swap_remove(self.patch_tokens_out);
-        drop(encoded);
-        let encoder = start.elapsed();
-
-        let start = Instant::now();
-        let resampled = self
-            .resampler
-            .run_with(std::iter::once(tokens).collect())
-            .map_err(failed(ModelRole::Resampler))?;
-        let latents =
-            read_f32(&resampled, self.latents_out).map_err(failed(ModelRole::Resampler))?;
-        out.latents.copy_from_slice(latents);
-        drop(resampled);
-        let resampler = start.elapsed();
-
-        if !l2_normalise(&mut out.image_embeds) {
-            return Err(InferError::NonFinite {
-                role: ModelRole::Vision,
-                output: "image_embeds",
-            });
-        }
-        if !out.latents.iter().all(|x| x.is_finite()) {
-            return Err(InferError::NonFinite {
-                role: ModelRole::Resampler,
-                output: "latents",
-            });
-        }
-        Ok(StageTimes { encoder, resampler })
-    }
-
-    fn check_output(&self, out: &VisionOutput) -> Result<(), InferError> {
-        let (n, d) = self.patch_shape;
-        let (l, dl) = self.latents_shape;
-        if out.image_embeds.len() != self.embed_dim
-            || out.patch_tokens.len() != n * d
-            || out.latents.len() != l * dl
-        {
-            return Err(InferError::OutputShape {
-                problem: format!(
-                    "image_embeds {}, patch_tokens {}, latents {} values; this engine writes {}, {}, {}",
-                    out.image_embeds.len(),
-                    out.patch_tokens.len(),
-                    out.latents.len(),
-                    self.embed_dim,
-                    n * d,
-                    l * dl
-                ),
-            });
-        }
-        Ok(())
-    }
-}
-
-fn read_f32(values: &[TValue], ix: usize) -> anyhow::Result<&[f32]> {
-    let value = values
-        .get(ix)
-        .ok_or_else(|| anyhow::anyhow!("missing output {ix}"))?;
-    value.try_as_plain_ram()?.as_slice::<f32>()
 }
 
 /// Scales `v` to unit length; false (and `v` untouched) if its norm is zero or not finite.

@@ -78,7 +78,7 @@ pub use ocellus_shm as shm;
 
 pub use config::Config;
 pub use frame::{FrameBuf, FrameMeta, PixelFormat};
-pub use infer::{Engine, VisionOutput};
+pub use infer::{InferenceEngine, TractEngine, VisionOutput};
 pub use manifest::Manifest;
 pub use pipeline::{Pipeline, PipelineSettings};
 pub use prompts::{PromptSet, TextEncoder};

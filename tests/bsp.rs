@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ocellus::config::{Config, Origin};
-use ocellus::manifest::{Manifest, Variant};
+use ocellus::infer::VariantChoice;
+use ocellus::manifest::Manifest;
 use ocellus::prepare::Preparer;
 use ocellus::source::{SourceKind, SourceSettings, StallTimeout};
 use ocellus::PixelFormat;
@@ -79,7 +80,7 @@ fn jetson_orin_config_loads_with_two_v4l2_cameras_by_id() {
         "two cameras on one device"
     );
     assert_eq!(config.model.manifest, Path::new(INSTALLED_MANIFEST));
-    assert_eq!(config.model.variant, Variant::Fp32);
+    assert_eq!(config.model.variant, VariantChoice::Auto);
 
     assert!(config.memory.lock && config.memory.lock_required);
 
@@ -138,7 +139,10 @@ fn packaged_default_config_runs_the_synthetic_camera_on_the_installed_model() {
     // Pointing it at the tree's copy of the bundle, `ocellus check`'s model checks pass.
     let manifest =
         Manifest::load(&repo("models/demo/manifest.toml")).expect("the demo manifest loads");
-    ocellus::infer::verify(&manifest, config.model.variant).expect("the demo bundle verifies");
+    let selected =
+        ocellus::runtime::select_engine(&config, &manifest).expect("a variant for this CPU");
+    ocellus::infer::verify(&manifest, selected.settings.variant.file_variant())
+        .expect("the demo bundle verifies");
     let cam = &config.cameras[0];
     Preparer::new(&manifest.preprocess, cam.format, cam.width, cam.height)
         .expect("the synthetic camera's frames can be prepared");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ocellus::alloc;
 use ocellus::budget::MemoryPlan;
-use ocellus::manifest::Manifest;
+use ocellus::manifest::{Manifest, Variant};
 use ocellus::runtime::memory;
 
 use memory_support::{build, config, processed, root, run_until, shm_name};
@@ -212,8 +212,8 @@ fn the_estimate_counts_what_the_config_asks_for() {
         1080,
         "[budgets]\nmemory-mib = 64\n[prompts]\nmax = 1024\n",
     );
-    let a = memory::plan(&small, &manifest, true, None);
-    let b = memory::plan(&big, &manifest, true, None);
+    let a = memory::plan(&small, &manifest, Variant::Fp32, true, None);
+    let b = memory::plan(&big, &manifest, Variant::Fp32, true, None);
     let pools = |p: &MemoryPlan| p.part("frame pools").map(|p| p.bytes).unwrap_or(0);
     assert_eq!(pools(&a), 4 * 640 * 480 * 2);
     assert_eq!(pools(&b), 3 * 4 * 1920 * 1080 * 3);
@@ -221,7 +221,7 @@ fn the_estimate_counts_what_the_config_asks_for() {
     let shm = |p: &MemoryPlan| p.part("shared-memory segment").map(|p| p.bytes);
     assert!(shm(&b) > shm(&a));
     assert_eq!(
-        memory::plan(&small, &manifest, false, None)
+        memory::plan(&small, &manifest, Variant::Fp32, false, None)
             .part("shared-memory segment")
             .map(|p| p.bytes),
         Some(0)

@@ -345,9 +345,16 @@ fn infer_prints_the_class_of_generated_scenes_first() {
     assert_eq!(out.code, Some(0), "{}", describe(&out));
     let lines: Vec<&str> = out.stdout.lines().collect();
     for (path, class) in expected {
+        // `<path>  prepare x ms  encoder y ms  resampler z ms`, then the ranked prompts.
         let at = lines
             .iter()
-            .position(|l| *l == path)
+            .position(|l| {
+                l.strip_prefix(path.as_str()).is_some_and(|rest| {
+                    rest.starts_with("  prepare ")
+                        && rest.contains(" ms  encoder ")
+                        && rest.ends_with(" ms")
+                })
+            })
             .unwrap_or_else(|| panic!("no output for {path}\n{}", describe(&out)));
         let first = lines.get(at + 1).copied().unwrap_or_default();
         let (score, label) = first
@@ -358,6 +365,50 @@ fn infer_prints_the_class_of_generated_scenes_first() {
         let score: f32 = score.parse().expect("score");
         assert!((0.0..=1.0).contains(&score));
     }
+}
+
+/// `ocellus infer` opens no camera (a configuration without `[[camera]]` is fine) and `--dump` writes every
+/// tensor it computed as .npy, the published embedding L2-normalised.
+#[test]
+fn infer_needs_no_camera_and_dumps_its_tensors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let image = tmp.path().join("scene.png");
+    write_scene_png(&image, 21, 120, 90);
+    let config = tmp.path().join("ocellus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nmanifest = \"{}\"\nvariant = \"fp32\"\n",
+            root().join("models/demo/manifest.toml").display()
+        ),
+    )
+    .expect("config");
+    let dump = tmp.path().join("dump");
+    let out = ocellus(&[
+        "infer",
+        "--config",
+        &config.display().to_string(),
+        "--dump",
+        &dump.display().to_string(),
+        &image.display().to_string(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", describe(&out));
+    let dir = dump.join("0-scene");
+    let read = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let a: ndarray::ArrayD<f32> = ndarray_npy::read_npy(dir.join(format!("{name}.npy")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        (a.shape().to_vec(), a.iter().copied().collect())
+    };
+    assert_eq!(read("pixel_values").0, [1, 3, 64, 64]);
+    assert_eq!(read("patch_tokens").0, [1, 65, 96]);
+    assert_eq!(read("latents").0, [1, 16, 96]);
+    assert_eq!(read("scores").0, [16]);
+    let (shape, embeds) = read("image_embeds");
+    assert_eq!(shape, [1, 64]);
+    let norm = embeds.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    let scores = read("scores").1;
+    assert!((scores.iter().sum::<f32>() - 1.0).abs() < 1e-3);
 }
 
 #[test]
@@ -503,4 +554,48 @@ fn sigterm_stops_a_run_cleanly_with_a_summary() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     let s = read_summary(&json);
     assert!(s.frames >= 1, "{stderr}");
+}
+
+/// `model.variant = "auto"` picks by the CPU features tract uses, which `ocellus check` prints with the choice:
+/// int8 only with int8 dot products (VNNI, AVX-VNNI, AMX), fp32 otherwise. `model.cpu-isa` removes the
+/// features, so the AVX2-only answer is shown on any x86 machine.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn check_prints_the_cpu_features_and_the_variant_auto_picks_for_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let manifest = root().join("models/demo/manifest.toml");
+    let camera = "[[camera]]\nsource = \"synthetic\"\n";
+    let run = |extra: &str| {
+        let text = format!(
+            "{camera}\n[model]\nmanifest = {:?}\nvariant = \"auto\"\n{extra}\n",
+            manifest.display().to_string()
+        );
+        let path = tmp.path().join("auto.toml");
+        std::fs::write(&path, text).expect("config");
+        let out = ocellus(&["check", "-c", &path.display().to_string()]);
+        assert_eq!(out.code, Some(0), "{}", describe(&out));
+        out.stdout
+    };
+    let native = run("");
+    let features = native
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ok: CPU features tract uses: "))
+        .unwrap_or_else(|| panic!("no CPU features line:\n{native}"))
+        .to_owned();
+    let int8_fast = features
+        .split(',')
+        .any(|f| matches!(f, "avx512vnni" | "avxvnni" | "amx-int8"));
+    let want = if int8_fast {
+        "variant int8 (this CPU has"
+    } else {
+        "variant fp32 (this CPU has no int8 dot product"
+    };
+    assert!(native.contains(want), "features {features}:\n{native}");
+
+    let avx2 = run("cpu-isa = \"-avx512vnni,-avxvnni,-amx-int8\"");
+    assert!(
+        avx2.contains("variant fp32 (this CPU has no int8 dot product"),
+        "{avx2}"
+    );
+    assert!(!avx2.contains("avx512vnni"), "{avx2}");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ocellus::config::{Config, ConfigError, LogFormat, Origin};
 use ocellus::frame::PixelFormat;
-use ocellus::manifest::Variant;
+use ocellus::infer::{RunVariant, VariantChoice};
 use ocellus::source::write_raw_file;
 use ocellus::source::{SourceKind, SourceSettings};
 
@@ -28,7 +28,7 @@ fn embedded_default_loads() {
         (PixelFormat::Yuyv, 640, 480, 30)
     );
     assert_eq!(cam.max_frame_bytes(), 640 * 480 * 2);
-    assert_eq!(config.model.variant, Variant::Fp32);
+    assert_eq!(config.model.variant, VariantChoice::Auto);
     assert!(config.model.manifest.ends_with("models/demo/manifest.toml"));
     assert_eq!(config.prompts.labels.len(), 16);
     assert_eq!(config.prompts.labels[0], "a red circle");
@@ -95,7 +95,7 @@ fn every_key_of_a_full_config_is_read() {
     assert_eq!(config.model.manifest, dir.join("bundle/manifest.toml"));
     assert_eq!(
         (config.model.variant, config.model.threads),
-        (Variant::Int8, 2)
+        (VariantChoice::Fixed(RunVariant::Int8), 2)
     );
     assert_eq!(
         config.prompts.file.as_deref(),
@@ -143,7 +143,6 @@ const BAD: &[(&str, &str, &str)] = &[
         "camera[0].seed",
         "only applies to source = \"synthetic\"",
     ),
-    ("no_camera.toml", "camera", "[[camera]]"),
     ("zero_deadline.toml", "budgets.prepare-ms", "above 0"),
     ("duplicate_camera.toml", "camera[1].name", "used twice"),
     (
@@ -152,6 +151,27 @@ const BAD: &[(&str, &str, &str)] = &[
         "/dev/video0",
     ),
 ];
+
+/// A configuration without cameras parses (`ocellus infer` runs none) but the runtime refuses it, naming the
+/// key.
+#[test]
+fn no_camera_is_refused_by_what_runs_cameras() {
+    let path = fixture("no_camera.toml");
+    let config = Config::load(&path).expect("no camera parses");
+    assert!(config.cameras.is_empty());
+    let err = config.require_cameras().expect_err("no camera");
+    assert_eq!(err.key(), Some("camera"));
+    assert!(err.to_string().contains("[[camera]]"), "{err}");
+    let report = ocellus::runtime::check(&config);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("no [[camera]] table")),
+        "{:?}",
+        report.problems
+    );
+}
 
 /// Parsing reads no other file: a replay path that does not exist is found when the runtime is built
 /// (`ocellus check`, `ocellus run`), and that error names the key too.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use ocellus::config::{Config, Origin};
-use ocellus::infer::Engine;
+use ocellus::infer::{InferenceEngine, RunVariant, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings, TestHooks};
 use ocellus::prompts::{PromptSet, TextEncoder};
@@ -27,10 +27,11 @@ use ocellus::stats::{Stage, Stats};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
-fn demo() -> (Manifest, Engine, Arc<ArcSwap<PromptSet>>) {
+fn demo() -> (Manifest, Box<dyn InferenceEngine>, Arc<ArcSwap<PromptSet>>) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/manifest.toml");
     let manifest = Manifest::load(&path).expect("demo manifest");
-    let engine = Engine::load(&manifest, Variant::Fp32, 1).expect("load demo engine");
+    let engine: Box<dyn InferenceEngine> =
+        Box::new(TractEngine::load(&manifest, RunVariant::Fp32, 1).expect("load demo engine"));
     let labels: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
     let set = TextEncoder::load(&manifest, Variant::Fp32)
         .and_then(|mut t| t.embed(&labels))

@@ -31,7 +31,7 @@ use v4l::video::Output;
 use v4l::{Device, FourCC};
 
 use ocellus::frame::{FrameBuf, PixelFormat};
-use ocellus::infer::Engine;
+use ocellus::infer::{InferenceEngine, RunVariant, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::pipeline::{CameraSpec, Pipeline, PipelineSettings};
 use ocellus::prompts::{PromptSet, TextEncoder};
@@ -455,7 +455,9 @@ impl Run {
     /// `lockstep`: every frame the source delivers is processed (see [`Tap::gate`]).
     fn start_with(camera: &CameraSettings, lockstep: bool) -> Run {
         let manifest = demo_manifest();
-        let engine = Engine::load(&manifest, Variant::Fp32, 1).expect("load the demo engine");
+        let engine: Box<dyn InferenceEngine> = Box::new(
+            TractEngine::load(&manifest, RunVariant::Fp32, 1).expect("load the demo engine"),
+        );
         let prompts = demo_prompts(&manifest);
         let tap = Arc::new(Mutex::new(Vec::new()));
         let inner = source::open(0, camera).unwrap_or_else(|e| panic!("open: {e}"));

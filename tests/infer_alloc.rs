@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ocellus::infer::Engine;
+use ocellus::infer::{InferenceEngine, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::prompts::{Ranked, TextEncoder};
 
@@ -82,7 +82,8 @@ fn demo() -> Manifest {
 fn frame_path_allocations_are_constant() {
     let manifest = demo();
     for variant in [Variant::Fp32, Variant::Int8] {
-        let mut engine = Engine::load(&manifest, variant, 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut engine =
+            TractEngine::load(&manifest, variant.into(), 1).unwrap_or_else(|e| panic!("{e}"));
         let mut out = engine.new_output();
         let pixels: Vec<f32> = (0..engine.input_len())
             .map(|i| ((i % 97) as f32 / 48.0) - 1.0)

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
-use ocellus::infer::Engine;
+use ocellus::infer::{InferenceEngine, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::prompts::TextEncoder;
 use serde::Deserialize;
@@ -122,7 +122,8 @@ fn normalised(v: &[f32]) -> Vec<f32> {
 pub fn check_vision(dir: &Path, variant: Variant) -> [Figures; 3] {
     let index = load_index(dir);
     let manifest = Manifest::load(&dir.join("manifest.toml")).expect("manifest");
-    let mut engine = Engine::load(&manifest, variant, 1).unwrap_or_else(|e| panic!("{e}"));
+    let mut engine =
+        TractEngine::load(&manifest, variant.into(), 1).unwrap_or_else(|e| panic!("{e}"));
     let mut out = engine.new_output();
     let mut figures = [Figures::default(); 3];
     assert!(!index.images.is_empty(), "no reference images");

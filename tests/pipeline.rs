@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use ocellus::clock::monotonic_ns;
 use ocellus::config::Config;
 use ocellus::frame::{FrameBuf, PixelFormat};
-use ocellus::infer::Engine;
+use ocellus::infer::{InferenceEngine, RunVariant, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
 use ocellus::prompts::{PromptSet, TextEncoder};
@@ -24,10 +24,11 @@ use ocellus::stats::{Stage, Stats};
 const WATCHDOG: Duration = Duration::from_secs(300);
 const SIZE: u32 = 64;
 
-fn demo() -> (Manifest, Engine, Arc<ArcSwap<PromptSet>>) {
+fn demo() -> (Manifest, Box<dyn InferenceEngine>, Arc<ArcSwap<PromptSet>>) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/manifest.toml");
     let manifest = Manifest::load(&path).expect("demo manifest (build models/demo first)");
-    let engine = Engine::load(&manifest, Variant::Fp32, 1).expect("load demo engine");
+    let engine: Box<dyn InferenceEngine> =
+        Box::new(TractEngine::load(&manifest, RunVariant::Fp32, 1).expect("load demo engine"));
     let labels: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
     let set = TextEncoder::load(&manifest, Variant::Fp32)
         .and_then(|mut t| t.embed(&labels))

@@ -17,6 +17,7 @@ fn watched(file: &Path, labels: &[&str], max: usize) -> PromptSettings {
         labels: labels.iter().map(|s| s.to_string()).collect(),
         file: Some(file.to_owned()),
         max,
+        defaulted: false,
     }
 }
 

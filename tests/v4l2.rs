@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use ocellus::clock::monotonic_ns;
 use ocellus::config::{Config, Origin};
 use ocellus::frame::{FrameBuf, PixelFormat};
-use ocellus::infer::Engine;
+use ocellus::infer::{InferenceEngine, RunVariant, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::pipeline::{CameraSpec, Pipeline, PipelineSettings};
 use ocellus::prompts::{PromptSet, TextEncoder};
@@ -392,10 +392,11 @@ fn ocellus_cameras_without_a_device_says_what_to_check() {
 
 // ---- the capture loop: stalls, disconnects, gaps ----
 
-fn demo() -> (Manifest, Engine, Arc<ArcSwap<PromptSet>>) {
+fn demo() -> (Manifest, Box<dyn InferenceEngine>, Arc<ArcSwap<PromptSet>>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/manifest.toml");
     let manifest = Manifest::load(&path).expect("demo manifest (build models/demo first)");
-    let engine = Engine::load(&manifest, Variant::Fp32, 1).expect("load demo engine");
+    let engine: Box<dyn InferenceEngine> =
+        Box::new(TractEngine::load(&manifest, RunVariant::Fp32, 1).expect("load demo engine"));
     let labels: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
     let set = TextEncoder::load(&manifest, Variant::Fp32)
         .and_then(|mut t| t.embed(&labels))

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ocellus::infer::{verify, verify_path, Engine, LoadError};
+use ocellus::infer::{verify, verify_path, InferenceEngine, LoadError, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::prompts::{PromptError, TextEncoder};
 
@@ -59,7 +59,7 @@ fn tensor<'a>(entry: &'a mut toml::Table, kind: &str, name: &str) -> &'a mut tom
 }
 
 fn engine_error(dir: &Path, variant: Variant) -> LoadError {
-    match Engine::load(&manifest(dir), variant, 1) {
+    match TractEngine::load(&manifest(dir), variant.into(), 1) {
         Ok(_) => panic!("Engine::load accepted a broken bundle"),
         Err(e) => e,
     }
@@ -71,7 +71,7 @@ fn intact_copy_verifies_and_loads() {
     let m = manifest(dir.path());
     for variant in [Variant::Fp32, Variant::Int8] {
         verify(&m, variant).unwrap_or_else(|e| panic!("{e}"));
-        let engine = Engine::load(&m, variant, 1).unwrap_or_else(|e| panic!("{e}"));
+        let engine = TractEngine::load(&m, variant.into(), 1).unwrap_or_else(|e| panic!("{e}"));
         let memory = engine.memory();
         assert_eq!(memory.files.len(), 2);
         assert!(memory
@@ -130,7 +130,8 @@ fn flipped_byte_fails_the_checksum() {
         LoadError::Checksum { .. }
     ));
     // The other variant is untouched.
-    Engine::load(&manifest(dir.path()), Variant::Int8, 1).unwrap_or_else(|e| panic!("{e}"));
+    TractEngine::load(&manifest(dir.path()), Variant::Int8.into(), 1)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -276,7 +277,8 @@ fn missing_variant() {
 #[test]
 fn zero_threads_is_refused() {
     let dir = copy_bundle();
-    let err = Engine::load(&manifest(dir.path()), Variant::Fp32, 0).expect_err("zero threads");
+    let err = TractEngine::load(&manifest(dir.path()), Variant::Fp32.into(), 0)
+        .expect_err("zero threads");
     assert!(err.to_string().contains("model.threads"), "{err}");
 }
 

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::alloc::MemorySettings;
-use crate::manifest::Variant;
+use crate::infer::VariantChoice;
+use crate::manifest::EngineKind;
 use crate::pipeline::TestHooks;
 use crate::prompts::PromptSettings;
 use crate::rt::RealtimeSettings;
@@ -124,9 +125,15 @@ pub struct Config {
 pub struct ModelConfig {
     /// The bundle's manifest.toml, resolved (see [`DEFAULT_MANIFEST`]).
     pub manifest: PathBuf,
-    pub variant: Variant,
-    /// Threads tract may use for inference.
+    /// `engine`: which inference engine runs the models.
+    pub engine: EngineKind,
+    /// `variant`: `auto` (the default: the fastest the bundle has for this CPU) or a fixed one.
+    pub variant: VariantChoice,
+    /// Threads the engine may use for inference.
     pub threads: usize,
+    /// `cpu-isa`: edits the instruction-set features tract uses (tract's `TRACT_CPU_ISA` syntax), e.g.
+    /// `"-avx512vnni,-avxvnni"` to run as an AVX2-only machine would.
+    pub cpu_isa: Option<String>,
 }
 
 /// `[budgets]`: the memory budget and per-stage deadlines.
@@ -172,7 +179,23 @@ pub struct LoggingConfig {
     pub format: LogFormat,
 }
 
+/// The message of a configuration without cameras, where cameras are needed.
+pub const NO_CAMERA: &str =
+    "no [[camera]] table: add at least one (source = \"synthetic\" runs the demo scenes)";
+
 impl Config {
+    /// `Ok` if at least one camera is configured, else the error naming the key, for what runs cameras.
+    pub fn require_cameras(&self) -> Result<(), ConfigError> {
+        if self.cameras.is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: self.origin.clone(),
+                key: "camera".into(),
+                message: NO_CAMERA.into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

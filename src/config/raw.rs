@@ -49,8 +49,10 @@ pub(super) struct RawCamera {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct RawModel {
     pub(super) manifest: Option<String>,
+    pub(super) engine: Option<String>,
     pub(super) variant: Option<String>,
     pub(super) threads: Option<usize>,
+    pub(super) cpu_isa: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,8 @@ use super::{
 };
 use crate::alloc::MemorySettings;
 use crate::frame::PixelFormat;
-use crate::manifest::Variant;
+use crate::infer::{RunVariant, VariantChoice};
+use crate::manifest::EngineKind;
 use crate::pipeline::TestHooks;
 use crate::prompts::{check_prompts, PromptSettings};
 use crate::rt::RealtimeSettings;
@@ -41,13 +42,9 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        // No camera is a valid configuration for what runs no camera (`ocellus infer`); the runtime refuses
+        // to run one (runtime::build).
         let raw_cameras = raw.camera.unwrap_or_default();
-        if raw_cameras.is_empty() {
-            return Err(self.err(
-                "camera",
-                "no [[camera]] table: add at least one (source = \"synthetic\" runs the demo scenes)",
-            ));
-        }
         let mut cameras = Vec::with_capacity(raw_cameras.len());
         let mut names = HashSet::new();
         for (i, rc) in raw_cameras.into_iter().enumerate() {
@@ -265,15 +262,35 @@ impl Validator<'_> {
             Some(p) => self.resolve(&p),
             None => self.default_manifest(),
         };
-        let variant = match rm.variant.as_deref().unwrap_or("fp32") {
-            "fp32" => Variant::Fp32,
-            "int8" => Variant::Int8,
+        let engine = match rm.engine.as_deref().unwrap_or("tract") {
+            "tract" => EngineKind::Tract,
+            "onnxruntime" => EngineKind::Onnxruntime,
+            other => {
+                return Err(self.err(
+                    "model.engine",
+                    format!("unknown engine '{other}' (expected tract or onnxruntime)"),
+                ))
+            }
+        };
+        let variant = match rm.variant.as_deref().unwrap_or("auto") {
+            "auto" => VariantChoice::Auto,
+            "fp32" => VariantChoice::Fixed(RunVariant::Fp32),
+            "int8" => VariantChoice::Fixed(RunVariant::Int8),
+            "f16" => VariantChoice::Fixed(RunVariant::F16),
             other => {
                 return Err(self.err(
                     "model.variant",
-                    format!("unknown variant '{other}' (expected fp32 or int8)"),
+                    format!("unknown variant '{other}' (expected auto, fp32, int8 or f16)"),
                 ))
             }
+        };
+        let cpu_isa = match rm.cpu_isa {
+            Some(spec) => {
+                crate::infer::select::check_isa_spec(&spec)
+                    .map_err(|m| self.err("model.cpu-isa", m))?;
+                Some(spec)
+            }
+            None => None,
         };
         let threads = rm.threads.unwrap_or(defaults::THREADS);
         if !(1..=MAX_THREADS).contains(&threads) {
@@ -284,8 +301,10 @@ impl Validator<'_> {
         }
         Ok(ModelConfig {
             manifest,
+            engine,
             variant,
             threads,
+            cpu_isa,
         })
     }
 
@@ -321,6 +340,7 @@ impl Validator<'_> {
             Some(f) => Some(self.resolve(&f)),
             None => None,
         };
+        let defaulted = rp.labels.is_none() && file.is_none();
         let labels: Vec<String> = match (rp.labels, &file) {
             (Some(labels), _) => labels.into_iter().map(|l| l.trim().to_owned()).collect(),
             (None, Some(_)) => Vec::new(),
@@ -336,7 +356,12 @@ impl Validator<'_> {
                 other => self.err("prompts", other.to_string()),
             })?;
         }
-        Ok(PromptSettings { labels, file, max })
+        Ok(PromptSettings {
+            labels,
+            file,
+            max,
+            defaulted,
+        })
     }
 
     fn budgets(&self, rb: RawBudgets) -> Result<Budgets, ConfigError> {

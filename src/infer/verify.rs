@@ -29,9 +29,10 @@ pub enum LoadError {
     },
     #[error("model bundle {dir} is inconsistent: {problem}; re-export the bundle with `ocellus-tools export` so its manifest and files belong together")]
     Inconsistent { dir: PathBuf, problem: String },
-    #[error("{role} model {path} cannot be read ({source}): re-export the bundle or point model.manifest at a complete one")]
+    #[error("{what} {path} cannot be read ({source}): re-export the bundle or point model.manifest at a complete one")]
     MissingFile {
-        role: ModelRole,
+        /// What the file is: "vision model", "prototypes", ...
+        what: String,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -59,6 +60,16 @@ pub enum LoadError {
     },
     #[error("cannot use {threads} inference threads: {message}; set model.threads to at least 1")]
     Threads { threads: usize, message: String },
+    #[error("model.engine = \"{engine}\" is not available: {hint}")]
+    EngineUnavailable {
+        engine: crate::manifest::EngineKind,
+        hint: &'static str,
+    },
+    #[error("model.variant {variant}: {problem}")]
+    Variant {
+        variant: super::RunVariant,
+        problem: String,
+    },
 }
 
 /// Size of one verified model file, for the memory budget.
@@ -322,7 +333,7 @@ pub(crate) fn read_verified(
 ) -> Result<Verified, LoadError> {
     let entry = entry(manifest, role, variant)?;
     let path = manifest.path_of(entry);
-    let file_bytes = check_file(role, &path, entry.size, &entry.sha256)?;
+    let file_bytes = check_file(&format!("{role} model"), &path, entry.size, &entry.sha256)?;
     let proto = tract_onnx::onnx()
         .proto_model_for_path(&path)
         .map_err(|e| LoadError::Onnx {
@@ -352,9 +363,15 @@ pub(crate) fn read_verified(
     })
 }
 
-fn check_file(role: ModelRole, path: &Path, size: u64, sha256: &str) -> Result<u64, LoadError> {
+/// Checks a bundle file's size and sha256 against its manifest entry (streamed); returns its size.
+pub(crate) fn check_file(
+    what: &str,
+    path: &Path,
+    size: u64,
+    sha256: &str,
+) -> Result<u64, LoadError> {
     let missing = |source| LoadError::MissingFile {
-        role,
+        what: what.to_owned(),
         path: path.to_owned(),
         source,
     };

@@ -11,7 +11,7 @@ use super::deadline::{test_delay, Deadlines, TestHooks};
 use super::handoff::Handoff;
 use crate::clock::monotonic_ns;
 use crate::frame::{FrameBuf, PixelFormat};
-use crate::infer::{Engine, VisionOutput};
+use crate::infer::{InferenceEngine, VisionOutput};
 use crate::manifest::Preprocess;
 use crate::prepare::Preparer;
 use crate::prompts::PromptSet;
@@ -35,7 +35,7 @@ pub(super) struct CameraPrep {
 pub(super) struct InferState {
     pub(super) cameras: Vec<CameraPrep>,
     pub(super) preprocess: Preprocess,
-    pub(super) engine: Engine,
+    pub(super) engine: Box<dyn InferenceEngine>,
     pub(super) input: Vec<f32>,
     pub(super) output: VisionOutput,
     pub(super) scores: Vec<f32>,
@@ -169,7 +169,10 @@ impl InferState {
         let mut flags = 0u32;
         let prompts = self.prompts.load();
         let k = prompts.len();
-        let scores: &[f32] = if k > 0 && k <= self.scores.len() {
+        let scores: &[f32] = if k == 0 {
+            // Nothing to score against (a vision-only bundle without prototypes): not a fault.
+            &[]
+        } else if k <= self.scores.len() {
             prompts.score(&self.output.image_embeds, &mut self.scores[..k]);
             &self.scores[..k]
         } else {

@@ -44,7 +44,7 @@ use handoff::Handoff;
 use inference::{inference_loop, CameraPrep, InferState};
 
 use crate::frame::{FramePool, PixelFormat};
-use crate::infer::Engine;
+use crate::infer::InferenceEngine;
 use crate::manifest::Preprocess;
 use crate::prepare::{PrepareError, Preparer};
 use crate::prompts::PromptSet;
@@ -164,7 +164,7 @@ impl Pipeline {
     pub fn new(
         settings: PipelineSettings,
         cameras: Vec<CameraSpec>,
-        engine: Engine,
+        engine: Box<dyn InferenceEngine>,
         preprocess: &Preprocess,
         prompts: Arc<ArcSwap<PromptSet>>,
         sinks: Vec<Box<dyn Sink>>,

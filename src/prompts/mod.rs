@@ -18,11 +18,13 @@ use std::path::PathBuf;
 use crate::infer::LoadError;
 
 mod encoder;
+mod prototypes;
 mod rules;
 mod set;
 mod watcher;
 
 pub use encoder::TextEncoder;
+pub use prototypes::load_prototypes;
 pub use rules::{check_prompts, parse_prompts, read_prompts, PromptSettings};
 pub use set::{PromptSet, Ranked};
 pub use watcher::{PromptWatcher, POLL_INTERVAL};
@@ -32,6 +34,8 @@ pub use watcher::{PromptWatcher, POLL_INTERVAL};
 pub enum PromptError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("prototypes {path}: {message}; re-run `ocellus-tools prototypes` and `ocellus-tools manifest`")]
+    Prototypes { path: PathBuf, message: String },
     #[error("model bundle {dir} has no text encoder (no [text] in its manifest): it is vision-only; prompts need a text encoder, or prototypes ([prototypes], `ocellus-tools prototypes`)")]
     NoText { dir: PathBuf },
     #[error("tokenizer {path} cannot be loaded ({message}): re-export the bundle (`ocellus-tools export`)")]

@@ -19,6 +19,9 @@ pub struct PromptSettings {
     pub file: Option<PathBuf>,
     /// Most prompts a set may hold (the score buffers and the shared-memory table are sized for it).
     pub max: usize,
+    /// The config named no prompts, so `labels` are the demo scenes' prompts. A vision-only bundle then
+    /// scores its prototypes (or nothing) instead; named prompts need a text encoder.
+    pub defaulted: bool,
 }
 
 impl PromptSettings {
@@ -115,6 +118,7 @@ mod tests {
             labels: labels.iter().map(|s| s.to_string()).collect(),
             file: None,
             max,
+            defaulted: false,
         }
     }
 

@@ -9,33 +9,51 @@ use super::memory::{self, ModelMemory};
 use super::{BuildError, ModelInfo, Prompts, Runtime, RuntimeOptions, ShmTarget};
 use crate::budget::MemoryPlan;
 use crate::config::Config;
-use crate::infer::Engine;
+use crate::infer::select::{self, CpuFeatures};
+use crate::infer::{EngineSettings, InferenceEngine};
 use crate::manifest::{Manifest, ModelRole};
 use crate::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
-use crate::prompts::{PromptError, PromptWatcher, TextEncoder, POLL_INTERVAL};
+use crate::prompts::{
+    load_prototypes, PromptError, PromptSet, PromptWatcher, TextEncoder, POLL_INTERVAL,
+};
 use crate::shm::{Dims, WriterConfig};
 use crate::sink::{LogSink, ShmSink, ShmSinkConfig, Sink};
 use crate::source::{self, SourceSettings};
 use crate::stats::Stage;
 
 pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime, BuildError> {
+    config.require_cameras().map_err(BuildError::config)?;
     let manifest = manifest(config)?;
     for index in 0..config.cameras.len() {
         probe_camera(config, index)?;
     }
+    let selected = select_engine(config, &manifest)?;
+    tracing::info!(
+        engine = %selected.settings.engine,
+        variant = %selected.settings.variant,
+        why = %selected.reason,
+        cpu = %selected.cpu,
+        "inference variant chosen"
+    );
     let with_shm = options.shm != ShmTarget::Off;
     // Refuse a configuration that cannot fit before loading the models, then again with their plans.
-    estimate(config, &manifest, with_shm)?;
-    let engine = engine(config, &manifest)?;
+    estimate(config, &manifest, &selected, with_shm)?;
+    let engine = engine(&manifest, &selected)?;
     tracing::info!(
         model = %manifest.name,
-        variant = %config.model.variant,
-        threads = config.model.threads,
+        engine = %engine.info(),
         "models loaded"
     );
-    let encoder = text_encoder(config, &manifest)?;
-    let plan = plan(config, &manifest, with_shm, &engine, &encoder)?;
-    let prompts = prompts(config, encoder)?;
+    let source = prompt_source(config, &manifest, &selected)?;
+    let plan = plan(
+        config,
+        &manifest,
+        &selected,
+        with_shm,
+        engine.as_ref(),
+        &source,
+    )?;
+    let prompts = prompts(config, source, engine.embed_dim())?;
 
     let cameras = (0..config.cameras.len())
         .map(|index| open_camera(config, index))
@@ -45,8 +63,10 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
     }
     let model = ModelInfo {
         name: manifest.name.clone(),
-        variant: config.model.variant,
-        threads: config.model.threads,
+        engine: selected.settings.engine,
+        variant: selected.settings.variant,
+        variant_reason: selected.reason.clone(),
+        threads: selected.settings.threads,
         embed_dim: engine.embed_dim(),
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LogSink::new())];
@@ -59,7 +79,7 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
         sinks,
     )
     .map_err(BuildError::config)?;
-    let segment = match shm_sink(config, &options.shm, &manifest, pipeline.stats())? {
+    let segment = match shm_sink(config, &options.shm, &manifest, &selected, pipeline.stats())? {
         Some(sink) => {
             let name = sink.writer().name().to_owned();
             tracing::info!(segment = %name, "publishing into shared memory");
@@ -137,28 +157,122 @@ pub fn probe_camera(config: &Config, index: usize) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// The engine and variant that will run, and why.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub settings: EngineSettings,
+    /// Why this variant (`model.variant`, or what `auto` saw).
+    pub reason: String,
+    /// The CPU features tract uses (after `model.cpu-isa`).
+    pub cpu: CpuFeatures,
+}
+
+/// Phase 2b: `model.cpu-isa` applied, the CPU's features read, `model.variant` resolved for the engine.
+pub fn select_engine(config: &Config, manifest: &Manifest) -> Result<Selected, BuildError> {
+    let m = &config.model;
+    if let Some(spec) = &m.cpu_isa {
+        select::force_isa(spec).map_err(|e| {
+            BuildError::config(format!("config {}: model.cpu-isa: {e}", config.origin))
+        })?;
+    }
+    let cpu = CpuFeatures::native();
+    let choice = select::choose(m.variant, manifest, m.engine, &cpu)
+        .map_err(|e| BuildError::config(format!("config {}: model.variant: {e}", config.origin)))?;
+    Ok(Selected {
+        settings: EngineSettings {
+            engine: m.engine,
+            variant: choice.variant,
+            threads: m.threads,
+        },
+        reason: choice.reason,
+        cpu,
+    })
+}
+
 /// Phase 3: the plan from the configuration and the manifest alone, checked.
 pub(super) fn estimate(
     config: &Config,
     manifest: &Manifest,
+    selected: &Selected,
     with_shm: bool,
 ) -> Result<MemoryPlan, BuildError> {
-    let plan = memory::plan(config, manifest, with_shm, None);
+    let plan = memory::plan(
+        config,
+        manifest,
+        selected.settings.variant.file_variant(),
+        with_shm,
+        None,
+    );
     plan.check().map_err(BuildError::config)?;
     Ok(plan)
 }
 
 /// Phase 4: the vision encoder and resampler, verified, loaded and planned.
-pub(super) fn engine(config: &Config, manifest: &Manifest) -> Result<Engine, BuildError> {
-    Engine::load(manifest, config.model.variant, config.model.threads).map_err(BuildError::config)
+pub(super) fn engine(
+    manifest: &Manifest,
+    selected: &Selected,
+) -> Result<Box<dyn InferenceEngine>, BuildError> {
+    crate::infer::load(manifest, &selected.settings).map_err(BuildError::config)
 }
 
-/// Phase 5a: the text encoder and tokenizer.
-pub(super) fn text_encoder(
+/// What frames are scored against: prompts through the bundle's text encoder, the bundle's few-shot
+/// prototypes (a vision-only bundle), or nothing (a vision-only bundle without prototypes: embeddings and
+/// latents are published with no scores).
+pub enum PromptSource {
+    Text(Box<TextEncoder>),
+    Prototypes(PromptSet),
+    Nothing,
+}
+
+/// Phase 5a: the prompt source. With a text encoder, the chosen variant's text file (else the fp32 one) and
+/// the tokenizer. Without one, prompts named in the config are an error (they cannot be embedded).
+pub fn prompt_source(
     config: &Config,
     manifest: &Manifest,
-) -> Result<TextEncoder, BuildError> {
-    TextEncoder::load(manifest, config.model.variant).map_err(BuildError::config)
+    selected: &Selected,
+) -> Result<PromptSource, BuildError> {
+    if manifest.text.is_some() {
+        let wanted = selected.settings.variant.file_variant();
+        let variant = if manifest.file(ModelRole::Text, wanted).is_some() {
+            wanted
+        } else {
+            crate::manifest::Variant::Fp32
+        };
+        return TextEncoder::load(manifest, variant)
+            .map(|e| PromptSource::Text(Box::new(e)))
+            .map_err(BuildError::config);
+    }
+    if !config.prompts.defaulted {
+        let key = if config.prompts.file.is_some() {
+            "prompts.file"
+        } else {
+            "prompts.labels"
+        };
+        return Err(BuildError::config(format!(
+            "config {}: {key}: the model bundle {} is vision-only (no text encoder), so text prompts cannot be embedded: remove the prompts from [prompts]{}",
+            config.origin,
+            manifest.name,
+            if manifest.prototypes.is_some() {
+                " (its few-shot prototypes are scored instead)"
+            } else {
+                ", or add few-shot prototypes to the bundle (`ocellus-tools prototypes`)"
+            }
+        )));
+    }
+    match load_prototypes(manifest).map_err(BuildError::config)? {
+        Some(set) => {
+            if set.len() > config.prompts.max {
+                return Err(BuildError::config(format!(
+                    "config {}: prompts.max: the bundle has {} prototypes but prompts.max = {}: raise it",
+                    config.origin,
+                    set.len(),
+                    config.prompts.max
+                )));
+            }
+            Ok(PromptSource::Prototypes(set))
+        }
+        None => Ok(PromptSource::Nothing),
+    }
 }
 
 /// A prompt error as a configuration error naming its key.
@@ -174,9 +288,36 @@ pub(super) fn prompt_error(config: &Config, e: PromptError) -> BuildError {
     }
 }
 
-/// Phase 5b: the prompt set (labels, then the file's prompts), checked and embedded; with a file, the
-/// watcher that re-embeds it when it changes.
-pub(super) fn prompts(config: &Config, mut encoder: TextEncoder) -> Result<Prompts, BuildError> {
+/// Phase 5b: the prompt set: with a text encoder, the labels then the file's prompts, checked and embedded
+/// (with a file, the watcher that re-embeds it when it changes); else the prototypes, or an empty set.
+pub(super) fn prompts(
+    config: &Config,
+    source: PromptSource,
+    embed_dim: usize,
+) -> Result<Prompts, BuildError> {
+    let mut encoder = match source {
+        PromptSource::Text(encoder) => *encoder,
+        PromptSource::Prototypes(set) => {
+            tracing::info!(
+                prototypes = set.len(),
+                labels = ?set.labels(),
+                "vision-only bundle: scoring its few-shot image prototypes (not language)"
+            );
+            return Ok(Prompts {
+                current: Arc::new(ArcSwap::from_pointee(set)),
+                watcher: None,
+            });
+        }
+        PromptSource::Nothing => {
+            tracing::info!(
+                "vision-only bundle without prototypes: publishing embeddings and latents with no scores (num_scores = 0)"
+            );
+            return Ok(Prompts {
+                current: Arc::new(ArcSwap::from_pointee(PromptSet::empty(embed_dim))),
+                watcher: None,
+            });
+        }
+    };
     if config.prompts.file.is_some() {
         let watcher = PromptWatcher::start(encoder, config.prompts.clone(), POLL_INTERVAL)
             .map_err(|e| prompt_error(config, e))?;
@@ -201,16 +342,27 @@ pub(super) fn prompts(config: &Config, mut encoder: TextEncoder) -> Result<Promp
 pub(super) fn plan(
     config: &Config,
     manifest: &Manifest,
+    selected: &Selected,
     with_shm: bool,
-    engine: &Engine,
-    encoder: &TextEncoder,
+    engine: &dyn InferenceEngine,
+    source: &PromptSource,
 ) -> Result<MemoryPlan, BuildError> {
+    let (text_files, text_run) = match source {
+        PromptSource::Text(encoder) => (encoder.files(), encoder.memory()),
+        _ => (&[][..], Default::default()),
+    };
     let models = ModelMemory {
         engine: engine.memory(),
-        text_files: encoder.files(),
-        text_run: encoder.memory(),
+        text_files,
+        text_run,
     };
-    let plan = memory::plan(config, manifest, with_shm, Some(&models));
+    let plan = memory::plan(
+        config,
+        manifest,
+        selected.settings.variant.file_variant(),
+        with_shm,
+        Some(&models),
+    );
     plan.check().map_err(BuildError::config)?;
     Ok(plan)
 }
@@ -268,6 +420,7 @@ fn shm_sink(
     config: &Config,
     target: &ShmTarget,
     manifest: &Manifest,
+    selected: &Selected,
     stats: &Arc<crate::stats::Stats>,
 ) -> Result<Option<ShmSink>, BuildError> {
     let name = match target {
@@ -280,9 +433,14 @@ fn shm_sink(
     let mut writer = WriterConfig::new(posix, shm_dims(config, manifest));
     writer.mode = config.shm.mode;
     writer.group = config.shm.group.clone();
-    writer.model_id = format!("{}:{}", manifest.name, config.model.variant);
+    let variant = selected.settings.variant;
+    writer.model_id = format!("{}:{variant}", manifest.name);
     writer.model_sha256 = manifest
-        .file(ModelRole::Vision, config.model.variant)
+        .file_for(
+            ModelRole::Vision,
+            variant.file_variant(),
+            selected.settings.engine,
+        )
         .map(|f| f.sha256.clone())
         .unwrap_or_default();
     ShmSink::create(&ShmSinkConfig::new(writer), Some(Arc::clone(stats)))

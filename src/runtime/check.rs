@@ -1,7 +1,7 @@
 //! `ocellus check`: every start-up phase that can run without starting anything, each problem reported
 //! (a phase that depends on a failed one is skipped).
 
-use super::build;
+use super::build::{self, PromptSource};
 use crate::budget::MemoryPlan;
 use crate::config::Config;
 use crate::infer;
@@ -24,9 +24,14 @@ pub struct CheckReport {
 /// format and size), the manifest and its files, the preparers, the models, the memory plan.
 pub fn check(config: &Config) -> CheckReport {
     let mut r = CheckReport::default();
-    match config.prompts.current() {
-        Ok(p) => r.ok.push(format!("{} prompts", p.len())),
-        Err(e) => r.problems.push(build::prompt_error(config, e).message),
+    if let Err(e) = config.require_cameras() {
+        r.problems.push(e.to_string());
+    }
+    if !config.prompts.defaulted {
+        match config.prompts.current() {
+            Ok(p) => r.ok.push(format!("{} prompts", p.len())),
+            Err(e) => r.problems.push(build::prompt_error(config, e).message),
+        }
     }
     for (i, cam) in config.cameras.iter().enumerate() {
         let probed = build::probe_camera(config, i)
@@ -55,8 +60,20 @@ pub fn check(config: &Config) -> CheckReport {
             return r;
         }
     };
-    let variant = config.model.variant;
-    if let Err(e) = build::estimate(config, &manifest, true) {
+    let selected = match build::select_engine(config, &manifest) {
+        Ok(s) => s,
+        Err(e) => {
+            r.problems.push(e.message);
+            return r;
+        }
+    };
+    r.ok.push(format!("CPU features tract uses: {}", selected.cpu));
+    r.ok.push(format!(
+        "engine {}, variant {} ({})",
+        selected.settings.engine, selected.settings.variant, selected.reason
+    ));
+    let variant = selected.settings.variant.file_variant();
+    if let Err(e) = build::estimate(config, &manifest, &selected, true) {
         r.problems.push(e.message);
         return r;
     }
@@ -77,7 +94,7 @@ pub fn check(config: &Config) -> CheckReport {
             ));
         }
     }
-    let engine = match build::engine(config, &manifest) {
+    let engine = match build::engine(&manifest, &selected) {
         Ok(engine) => {
             r.ok.push("vision encoder and resampler load and plan".into());
             Some(engine)
@@ -87,10 +104,10 @@ pub fn check(config: &Config) -> CheckReport {
             None
         }
     };
-    match build::text_encoder(config, &manifest) {
-        Ok(mut encoder) => {
+    match build::prompt_source(config, &manifest, &selected) {
+        Ok(mut source) => {
             if let Some(engine) = &engine {
-                match build::plan(config, &manifest, true, engine, &encoder) {
+                match build::plan(config, &manifest, &selected, true, engine.as_ref(), &source) {
                     Ok(plan) => {
                         r.ok.push(format!(
                             "memory plan fits: {:.1} of {} MiB (budgets.memory-mib)",
@@ -102,16 +119,29 @@ pub fn check(config: &Config) -> CheckReport {
                     Err(e) => r.problems.push(e.message),
                 }
             }
-            if let Ok(labels) = config.prompts.current() {
-                for p in labels.iter().filter(|p| encoder.is_unknown_only(p)) {
-                    r.ok.push(format!(
-                        "warning: prompt '{p}': every word is outside the tokenizer's vocabulary (it scores as a prompt of unknown words); reword it"
-                    ));
+            match &mut source {
+                PromptSource::Text(encoder) => {
+                    if let Ok(labels) = config.prompts.current() {
+                        for p in labels.iter().filter(|p| encoder.is_unknown_only(p)) {
+                            r.ok.push(format!(
+                                "warning: prompt '{p}': every word is outside the tokenizer's vocabulary (it scores as a prompt of unknown words); reword it"
+                            ));
+                        }
+                        match encoder.embed(&labels) {
+                            Ok(set) => r.ok.push(format!("{} prompts embedded", set.len())),
+                            Err(e) => r.problems.push(e.to_string()),
+                        }
+                    }
                 }
-                match encoder.embed(&labels) {
-                    Ok(set) => r.ok.push(format!("{} prompts embedded", set.len())),
-                    Err(e) => r.problems.push(e.to_string()),
-                }
+                PromptSource::Prototypes(set) => r.ok.push(format!(
+                    "vision-only bundle: {} few-shot prototypes scored ({})",
+                    set.len(),
+                    set.labels().join(", ")
+                )),
+                PromptSource::Nothing => r.ok.push(
+                    "vision-only bundle without prototypes: embeddings and latents are published with no scores"
+                        .into(),
+                ),
             }
         }
         Err(e) => r.problems.push(e.message),

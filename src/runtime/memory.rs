@@ -7,7 +7,7 @@ use crate::budget::{
 };
 use crate::config::Config;
 use crate::infer::{EngineMemory, FileSize, PlanMemory, ARENA_SLACK_BYTES, ARENA_TENSOR_PERCENT};
-use crate::manifest::{Manifest, ModelRole};
+use crate::manifest::{Manifest, ModelRole, Variant};
 use crate::prepare::Preparer;
 use crate::shm::Layout;
 
@@ -19,18 +19,18 @@ pub struct ModelMemory<'a> {
     pub text_run: PlanMemory,
 }
 
-/// The plan of `config` with `manifest`'s models: from the manifest alone (`models` = `None`, before any
+/// The plan of `config` with `manifest`'s models of file `variant`: from the manifest alone (`models` = `None`, before any
 /// model is loaded: weights from the files' sizes, the engine's working memory unknown unless
 /// `memory.arena-mib` fixes it), or with the planned models' figures.
 pub fn plan(
     config: &Config,
     manifest: &Manifest,
+    variant: Variant,
     with_shm: bool,
     models: Option<&ModelMemory<'_>>,
 ) -> MemoryPlan {
     let mut plan = MemoryPlan::new(config.budgets.memory_mib * MIB, models.is_some());
     let pre = &manifest.preprocess;
-    let variant = config.model.variant;
 
     let pools: Vec<(u64, u64)> = config
         .cameras

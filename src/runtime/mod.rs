@@ -28,13 +28,12 @@ use arc_swap::ArcSwap;
 
 use crate::budget::MemoryPlan;
 use crate::config::Config;
-use crate::manifest::Variant;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::prompts::{PromptSet, PromptWatcher};
 use crate::sink::Sink;
 use crate::stats::Stats;
 
-pub use build::probe_camera;
+pub use build::{probe_camera, prompt_source, select_engine, PromptSource, Selected};
 pub use check::{check, CheckReport};
 pub use memory::Taken;
 
@@ -148,7 +147,10 @@ pub(crate) struct Prompts {
 pub struct ModelInfo {
     /// The manifest's name.
     pub name: String,
-    pub variant: Variant,
+    pub engine: crate::manifest::EngineKind,
+    pub variant: crate::infer::RunVariant,
+    /// Why this variant (`model.variant`, or what `auto` saw on this CPU).
+    pub variant_reason: String,
     pub threads: usize,
     /// E: the embedding width.
     pub embed_dim: usize,

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ocellus::config::Config;
-use ocellus::infer::Engine;
-use ocellus::manifest::{Manifest, Variant};
+use ocellus::infer::{EngineSettings, RunVariant};
+use ocellus::manifest::{EngineKind, Manifest, ModelRole, Variant};
 use serde_json::Value;
 
 use super::report::{ms, Distribution, Samples};
@@ -14,7 +14,8 @@ use crate::cli::Failure;
 
 /// Medians of one variant run by itself.
 pub(super) struct EngineTimes {
-    pub(super) variant: Variant,
+    pub(super) engine: EngineKind,
+    pub(super) variant: RunVariant,
     pub(super) encoder: Samples,
     pub(super) resampler: Samples,
 }
@@ -31,21 +32,28 @@ impl EngineTimes {
     }
 }
 
-/// Every variant of the bundle, `runs` timed runs each after a warm-up, on one fixed input.
-pub(super) fn time_tract(
+/// Every variant of the bundle that `engine` runs, `runs` timed runs each after a warm-up, on one fixed input.
+pub(super) fn time_engine(
     manifest: &Manifest,
+    engine: EngineKind,
     threads: usize,
     runs: usize,
 ) -> Result<Vec<EngineTimes>, Failure> {
     let mut out = Vec::new();
-    for variant in [Variant::Fp32, Variant::Int8] {
+    for file_variant in [Variant::Fp32, Variant::Int8] {
         if manifest
-            .file(ocellus::manifest::ModelRole::Vision, variant)
+            .file_for(ModelRole::Vision, file_variant, engine)
             .is_none()
         {
             continue;
         }
-        let mut engine = Engine::load(manifest, variant, threads).map_err(Failure::config)?;
+        let variant = RunVariant::from(file_variant);
+        let settings = EngineSettings {
+            engine,
+            variant,
+            threads,
+        };
+        let mut engine = ocellus::infer::load(manifest, &settings).map_err(Failure::config)?;
         let mut output = engine.new_output();
         let pixels: Vec<f32> = (0..engine.input_len())
             .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
@@ -61,6 +69,7 @@ pub(super) fn time_tract(
             }
         }
         out.push(EngineTimes {
+            engine: settings.engine,
             variant,
             encoder: Samples::new(enc),
             resampler: Samples::new(res),

@@ -22,7 +22,7 @@ mod svg;
 mod window;
 
 use capture::measure_capture;
-use engines::{run_ort, time_tract};
+use engines::{run_ort, time_engine};
 use report::Report;
 use window::{load_average, peak_rss_bytes, run_pipeline};
 
@@ -121,7 +121,12 @@ pub fn bench(args: BenchArgs, v: Verbosity) -> Result<(), Failure> {
 
     let manifest = Manifest::load(&config.model.manifest).map_err(Failure::config)?;
     tracing::info!(runs = args.infer_runs, "each model variant alone ...");
-    let tract = time_tract(&manifest, config.model.threads, args.infer_runs)?;
+    let tract = time_engine(
+        &manifest,
+        ocellus::manifest::EngineKind::Tract,
+        config.model.threads,
+        args.infer_runs,
+    )?;
     let ort = if args.no_ort {
         Err("skipped: --no-ort".to_owned())
     } else {

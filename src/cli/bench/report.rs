@@ -118,7 +118,7 @@ impl Report<'_> {
         self.tract
             .iter()
             .min_by(|a, b| a.total_ms().total_cmp(&b.total_ms()))
-            .expect("time_tract returns at least one variant")
+            .expect("time_engine returns at least one variant")
     }
 
     pub(super) fn json(&self) -> Value {
@@ -273,7 +273,7 @@ impl Report<'_> {
             "inference": {
                 "runs": self.args.infer_runs,
                 "threads": self.config.model.threads,
-                "ocellus": { "engine": "tract", "variants": variants, "best": best.variant.to_string() },
+                "ocellus": { "engine": best.engine.to_string(), "variants": variants, "best": best.variant.to_string() },
                 "onnxruntime": ort_report,
             },
             "ocellus_infer_ms": ocellus_total,
