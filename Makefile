@@ -46,6 +46,7 @@ setup-python:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
 # The release build of the binary and every test binary (also what the amd64 package ships).
 build:
@@ -62,7 +63,17 @@ test-rust: build
 test-layers:
 	cargo test --release --locked --test layers
 
-test: lint build test-python test-rust test-hil test-aarch64 test-package
+test: lint build test-python test-rust test-ort test-hil test-aarch64 test-package
+
+# The onnxruntime engine (cargo feature `onnxruntime`, docs/engines.md) against the venv's libonnxruntime:
+# parity with the bundles' reference outputs, no Rust allocation per frame, the library errors, `ocellus
+# check` with the engine. The feature adds only ort, ort-sys and libloading to the build (tract is shared
+# with the plain build), so this costs a link of the crate and its two test binaries, then the tests.
+ORT_LIB ?= $(VENV)/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0
+.PHONY: test-ort
+test-ort:
+	ORT_DYLIB_PATH=$(ORT_LIB) cargo test --release --locked --features onnxruntime --test parity_ort \
+		--test engine_cli
 
 # The service behaviour alone (notify protocol, watchdog, SIGTERM, [realtime], deadlines); test-rust runs them too.
 .PHONY: test-service

@@ -44,7 +44,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
-pub use os::{mapped_file_bytes, memlock_limit, page_size, process_memory, ProcessMemory};
+pub use os::{
+    heap_in_use, mapped_file_bytes, memlock_limit, page_size, process_memory, ProcessMemory,
+};
 
 /// `[memory]`: the frame-path region and the memory lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

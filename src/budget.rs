@@ -28,6 +28,8 @@ pub mod parts {
     pub const PREPARED: &str = "prepared tensors";
     pub const WEIGHTS: &str = "model weights";
     pub const ENGINE: &str = "tract working memory";
+    /// What an engine with its own allocator (onnxruntime) took at start-up, measured.
+    pub const ENGINE_HEAP: &str = "engine's own memory";
     pub const TEXT: &str = "text encoder runs";
     pub const RESULTS: &str = "result buffers";
     pub const SHM: &str = "shared-memory segment";

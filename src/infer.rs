@@ -3,8 +3,10 @@
 //! Everything around inference (preparation, deadlines, budgets, publishing, `ocellus bench`, `check`,
 //! `infer`) talks to an [`InferenceEngine`]: the vision encoder then the resampler, loaded and planned once,
 //! run once per frame into a [`VisionOutput`] allocated once. [`load`] makes the engine the settings name
-//! ([`EngineSettings`]): tract ([`TractEngine`], the default and the only engine of a plain build).
-//! [`select`] says which variant runs on this CPU (`model.variant = "auto"`) and why.
+//! ([`EngineSettings`]): tract ([`TractEngine`], the default and the only engine of a plain build), or
+//! onnxruntime (`OrtEngine`, with the cargo feature `onnxruntime`: a libonnxruntime loaded at run time,
+//! configured by [`OnnxruntimeSettings`]; docs/engines.md). [`select`] says which variant runs on this CPU
+//! (`model.variant = "auto"`) and why.
 //!
 //! Lifecycle: loading verifies the bundle ([`verify`]: sizes, sha256, ONNX signatures, shapes against each
 //! other), then parses, optimises and plans each model once and allocates the input tensors; the caller
@@ -13,10 +15,16 @@
 //!
 //! Allocation on the frame path: ocellus's own buffers are reused, but tract allocates every intermediate
 //! tensor of every run (the same sizes each time; counted by `tests/infer_alloc.rs`).
-//! [`InferenceEngine::memory`] gives the sizes an arena in front of those allocations needs.
+//! [`InferenceEngine::memory`] gives the sizes an arena in front of those allocations needs. onnxruntime
+//! runs on input and output tensors bound once (no Rust allocation per frame); what its C++ side allocates
+//! goes through malloc, which Rust's allocator does not see: its memory is measured at start-up
+//! ([`MeasuredMemory`]) and its per-frame malloc calls by `ocellus bench`.
 
+#[cfg(feature = "onnxruntime")]
+mod ort;
 mod plan;
 pub mod select;
+mod settings;
 mod tract;
 mod verify;
 
@@ -24,12 +32,18 @@ use std::time::Duration;
 
 use crate::manifest::{EngineKind, Manifest, ModelRole};
 
+#[cfg(feature = "onnxruntime")]
+pub use self::ort::OrtEngine;
 pub use plan::PlanMemory;
 pub(crate) use plan::{Executor, Planned};
 pub use select::{RunVariant, VariantChoice};
+pub use settings::{OnnxruntimeSettings, Provider, ORT_DYLIB_PATH_VAR, ORT_MIN_VERSION};
 pub use tract::TractEngine;
-pub(crate) use verify::{check_file, check_manifest, read_verified};
-pub use verify::{file_sizes, verify, verify_path, FileSize, LoadError};
+pub(crate) use verify::{check_file, check_manifest, check_manifest_for, read_verified_for};
+pub(crate) use verify::read_verified;
+pub use verify::{
+    file_sizes, file_sizes_for, verify, verify_for, verify_path, FileSize, LoadError,
+};
 
 /// The vision encoder's and resampler's results for one frame; allocated once, overwritten every frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +76,21 @@ pub struct EngineMemory {
     pub resampler: PlanMemory,
     /// Bytes of one [`VisionOutput`].
     pub output_bytes: u64,
+    /// Memory the engine holds outside ocellus's allocator (onnxruntime's C++ heap), measured at start-up;
+    /// `None` for tract, whose every allocation goes through ocellus's allocator and is planned.
+    pub measured: Option<MeasuredMemory>,
+}
+
+/// Memory an engine took at start-up, measured around creating its sessions and its first run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeasuredMemory {
+    /// Growth of the resident set (`VmRSS`) across loading and the first run.
+    pub rss_bytes: u64,
+    /// Growth of glibc's heap in use (`mallinfo2`: `uordblks + hblkhd`) across the same span.
+    pub heap_bytes: u64,
+    /// What the budget counts beside the weights: the larger of the two growths less the files' weight
+    /// bytes (counted as model weights already), at least the heap growth beyond the weights.
+    pub counted_bytes: u64,
 }
 
 /// The frame-path region holds the tensors one run of both models produces, plus this percentage for the
@@ -106,6 +135,8 @@ pub enum InferError {
     OutputShape { problem: String },
     #[error("the {role} model failed: {message}")]
     Tract { role: ModelRole, message: String },
+    #[error("onnxruntime failed to run the {role} model: {message}")]
+    Onnxruntime { role: ModelRole, message: String },
     #[error("the {role} model produced a non-finite {output}: the model or its int8 quantisation is broken; re-export it")]
     NonFinite {
         role: ModelRole,
@@ -166,8 +197,22 @@ impl std::fmt::Display for EngineInfo {
 pub struct EngineSettings {
     pub engine: EngineKind,
     pub variant: RunVariant,
-    /// Threads for matrix products (1 = the calling thread only).
+    /// Threads for matrix products (1 = the calling thread only); onnxruntime's intra-op threads.
     pub threads: usize,
+    /// `[onnxruntime]`: the library and execution providers (used only by the onnxruntime engine).
+    pub onnxruntime: OnnxruntimeSettings,
+}
+
+impl EngineSettings {
+    /// Settings for `engine` and `variant` with `threads` threads and the default `[onnxruntime]`.
+    pub fn new(engine: EngineKind, variant: RunVariant, threads: usize) -> EngineSettings {
+        EngineSettings {
+            engine,
+            variant,
+            threads,
+            onnxruntime: OnnxruntimeSettings::default(),
+        }
+    }
 }
 
 /// Verifies the bundle's vision and resampler files for `settings` and makes the engine.
@@ -177,6 +222,9 @@ pub fn load(
 ) -> Result<Box<dyn InferenceEngine>, LoadError> {
     match settings.engine {
         EngineKind::Tract => Ok(Box::new(TractEngine::load_with(manifest, settings)?)),
+        #[cfg(feature = "onnxruntime")]
+        EngineKind::Onnxruntime => Ok(Box::new(OrtEngine::load(manifest, settings)?)),
+        #[cfg(not(feature = "onnxruntime"))]
         EngineKind::Onnxruntime => Err(LoadError::EngineUnavailable {
             engine: settings.engine,
             hint: "this build of ocellus has tract only: build with `--features onnxruntime` (docs/engines.md), or set model.engine = \"tract\"",

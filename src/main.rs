@@ -5,6 +5,7 @@
 //! a bad command line).
 
 mod cli;
+mod malloc_count;
 
 /// Frame-path threads allocate from the region taken at start-up (src/alloc.rs, docs/memory.md).
 #[global_allocator]

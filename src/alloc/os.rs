@@ -120,3 +120,21 @@ pub fn mapped_file_bytes() -> Option<u64> {
     }
     Some(total)
 }
+
+/// Bytes glibc's malloc has handed out and not had back (`mallinfo2`: `uordblks` in its arenas plus
+/// `hblkhd` in mmap'd blocks): the C and C++ heap that ocellus's own allocator does not see, such as
+/// onnxruntime's. Sees net growth only: memory allocated and freed between two readings leaves no trace.
+/// `None` off glibc. Takes glibc's arena locks; not for the frame path.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap_in_use() -> Option<u64> {
+    // SAFETY: mallinfo2 takes no arguments, only reads malloc's statistics under its own locks and returns
+    // a struct by value.
+    let info = unsafe { libc::mallinfo2() };
+    Some(info.uordblks as u64 + info.hblkhd as u64)
+}
+
+/// Bytes glibc's malloc has handed out (`mallinfo2`); `None` off glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap_in_use() -> Option<u64> {
+    None
+}

@@ -7,7 +7,8 @@
 //! is used. `bsp/ocellus.example.toml` documents every key.
 //!
 //! The configuration sits above the components: it fills in their own settings types
-//! ([`CameraSettings`], [`PromptSettings`], [`RealtimeSettings`], [`MemorySettings`], [`TestHooks`]) and no
+//! ([`CameraSettings`], [`PromptSettings`], [`RealtimeSettings`], [`MemorySettings`], [`TestHooks`],
+//! [`OnnxruntimeSettings`]) and no
 //! component imports it. Parsing reads no other file: that a replay path, the prompts file or the model
 //! bundle exists and fits is checked when the runtime is built (`runtime`), and those errors name the key.
 //!
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::alloc::MemorySettings;
-use crate::infer::VariantChoice;
+use crate::infer::{OnnxruntimeSettings, VariantChoice};
 use crate::manifest::EngineKind;
 use crate::pipeline::TestHooks;
 use crate::prompts::PromptSettings;
@@ -117,6 +118,8 @@ pub struct Config {
     pub realtime: RealtimeSettings,
     /// `[testing]`: test aids (an artificially slow or stalled stage); off unless the section sets them.
     pub testing: TestHooks,
+    /// `[onnxruntime]`: the library and execution providers of `model.engine = "onnxruntime"`.
+    pub onnxruntime: OnnxruntimeSettings,
     pub origin: Origin,
 }
 

@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     pub(super) realtime: RawRealtime,
     #[serde(default)]
     pub(super) testing: RawTesting,
+    #[serde(default)]
+    pub(super) onnxruntime: RawOnnxruntime,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,4 +119,11 @@ pub(super) struct RawTesting {
     pub(super) delay_stage: Option<String>,
     pub(super) delay_ms: Option<f64>,
     pub(super) stall_after_frames: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawOnnxruntime {
+    pub(super) library: Option<String>,
+    pub(super) providers: Option<Vec<String>>,
 }

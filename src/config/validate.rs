@@ -12,7 +12,7 @@ use super::{
 };
 use crate::alloc::MemorySettings;
 use crate::frame::PixelFormat;
-use crate::infer::{RunVariant, VariantChoice};
+use crate::infer::{OnnxruntimeSettings, Provider, RunVariant, VariantChoice};
 use crate::manifest::EngineKind;
 use crate::pipeline::TestHooks;
 use crate::prompts::{check_prompts, PromptSettings};
@@ -70,6 +70,7 @@ impl Validator<'_> {
             memory: self.memory(raw.memory)?,
             realtime: self.realtime(raw.realtime)?,
             testing: self.testing(raw.testing)?,
+            onnxruntime: self.onnxruntime(raw.onnxruntime)?,
             origin: self.origin.clone(),
         };
         Ok(config)
@@ -306,6 +307,48 @@ impl Validator<'_> {
             threads,
             cpu_isa,
         })
+    }
+
+    fn onnxruntime(&self, ro: RawOnnxruntime) -> Result<OnnxruntimeSettings, ConfigError> {
+        let library = match ro.library {
+            Some(p) if p.trim().is_empty() => {
+                return Err(self.err(
+                    "onnxruntime.library",
+                    "is empty: give the path of libonnxruntime.so, or remove the key to use the ORT_DYLIB_PATH environment variable",
+                ))
+            }
+            Some(p) => Some(self.resolve(&p)),
+            None => None,
+        };
+        let providers = match ro.providers {
+            None => OnnxruntimeSettings::default().providers,
+            Some(names) => {
+                if names.is_empty() {
+                    return Err(self.err(
+                        "onnxruntime.providers",
+                        "is empty: give at least one of \"cpu\", \"cuda\", \"tensorrt\" (default [\"cpu\"])",
+                    ));
+                }
+                let mut providers = Vec::with_capacity(names.len());
+                for name in &names {
+                    let p = Provider::parse(name).ok_or_else(|| {
+                        self.err(
+                            "onnxruntime.providers",
+                            format!("unknown execution provider '{name}' (expected cpu, cuda or tensorrt)"),
+                        )
+                    })?;
+                    if providers.contains(&p) {
+                        return Err(self.err(
+                            "onnxruntime.providers",
+                            format!("'{name}' is listed twice"),
+                        ));
+                    }
+                    providers.push(p);
+                }
+                providers
+            }
+        };
+        Ok(OnnxruntimeSettings { library, providers })
     }
 
     fn default_manifest(&self) -> PathBuf {

@@ -13,7 +13,7 @@ use std::fmt;
 
 use tract_onnx::tract_core::tract_linalg::isa::{self, Isa, IsaSet};
 
-use crate::manifest::{EngineKind, Manifest, ModelRole, Variant};
+use crate::manifest::{EngineKind, Manifest, ModelRole, QuantFormat, Variant};
 
 /// What runs: a file variant of the bundle, or the fp32 files translated to f16 at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -186,8 +186,9 @@ pub struct Choice {
 /// * a fixed variant is kept if the bundle has its files (else an error naming what it has);
 /// * `auto` with tract: int8 where the CPU has int8 dot products and the bundle has int8 files for tract;
 ///   else f16 where the CPU computes in f16 (arm64); else fp32;
-/// * `auto` with onnxruntime: int8 when the bundle has int8 files for onnxruntime (its int8 kernels use
-///   whatever the CPU offers and its own forms are the fast ones), else fp32.
+/// * `auto` with onnxruntime: int8 when the bundle's int8 files for onnxruntime are in its own forms
+///   (`quant = "qdq"` or `"dynamic"`: its int8 kernels use whatever the CPU offers), else fp32 (a
+///   QOperator file, or a format 1 file of unknown form, runs slower than fp32 in onnxruntime).
 pub fn choose(
     choice: VariantChoice,
     manifest: &Manifest,
@@ -268,15 +269,35 @@ pub fn choose(
                     )
                 }
                 EngineKind::Onnxruntime => {
-                    if has(Variant::Int8) {
+                    // onnxruntime fuses QDQ and dynamic int8 into its int8 kernels, but runs tract's
+                    // QOperator form 3-5x slower than its own fp32 (docs/bench.md): int8 only in its forms.
+                    let ort_form = |role: ModelRole| {
+                        manifest
+                            .file_for(role, Variant::Int8, engine)
+                            .and_then(|f| f.quant)
+                            .is_some_and(|q| q != QuantFormat::Qoperator)
+                    };
+                    if has(Variant::Int8)
+                        && ort_form(ModelRole::Vision)
+                        && ort_form(ModelRole::Resampler)
+                    {
                         pick(
                             RunVariant::Int8,
-                            "the bundle has int8 files made for onnxruntime".into(),
+                            "the bundle has int8 files in onnxruntime's forms (QDQ or dynamic)".into(),
+                        )
+                    } else if has(Variant::Fp32) {
+                        pick(
+                            RunVariant::Fp32,
+                            if has(Variant::Int8) {
+                                "the bundle's int8 files for onnxruntime are QOperator (or of unknown form), which onnxruntime runs slower than fp32".into()
+                            } else {
+                                "the bundle has no int8 files for onnxruntime".into()
+                            },
                         )
                     } else {
                         pick(
-                            RunVariant::Fp32,
-                            "the bundle has no int8 files for onnxruntime".into(),
+                            RunVariant::Int8,
+                            "the bundle has int8 files only".into(),
                         )
                     }
                 }

@@ -46,11 +46,7 @@ impl TractEngine {
     ) -> Result<TractEngine, LoadError> {
         Self::load_with(
             manifest,
-            &EngineSettings {
-                engine: EngineKind::Tract,
-                variant,
-                threads,
-            },
+            &EngineSettings::new(EngineKind::Tract, variant, threads),
         )
     }
 
@@ -118,6 +114,7 @@ impl TractEngine {
             encoder: encoder.memory,
             resampler: resampler.memory,
             output_bytes,
+            measured: None,
         };
         let info = EngineInfo {
             engine: EngineKind::Tract,

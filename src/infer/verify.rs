@@ -14,18 +14,21 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework as _;
 
-use crate::manifest::{FileEntry, Manifest, ManifestError, ModelRole, TensorSpec, Variant};
+use crate::manifest::{
+    EngineKind, FileEntry, Manifest, ManifestError, ModelRole, TensorSpec, Variant,
+};
 
 /// Why a model bundle could not be verified or loaded. Every message names the file and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("model bundle {dir} lists no {role} file for variant {variant}: re-run `ocellus-tools manifest`, or choose a variant the bundle has")]
+    #[error("model bundle {dir} lists no {role} file for variant {variant} that {engine} runs: re-run `ocellus-tools manifest`, or choose a variant the bundle has")]
     MissingEntry {
         dir: PathBuf,
         role: ModelRole,
         variant: Variant,
+        engine: EngineKind,
     },
     #[error("model bundle {dir} is inconsistent: {problem}; re-export the bundle with `ocellus-tools export` so its manifest and files belong together")]
     Inconsistent { dir: PathBuf, problem: String },
@@ -70,6 +73,19 @@ pub enum LoadError {
         variant: super::RunVariant,
         problem: String,
     },
+    #[error("onnxruntime library{}: {problem}; {fix}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    OrtLibrary {
+        /// The library, once there is a path to name.
+        path: Option<PathBuf>,
+        problem: String,
+        fix: String,
+    },
+    #[error("onnxruntime could not {stage} {path}: {message}; re-export it, or run it with model.engine = \"tract\"")]
+    Onnxruntime {
+        path: PathBuf,
+        stage: &'static str,
+        message: String,
+    },
 }
 
 /// Size of one verified model file, for the memory budget.
@@ -108,28 +124,50 @@ pub fn verify_path(manifest: &Path, variant: Variant) -> Result<Manifest, LoadEr
 /// Verifies like [`verify`] and returns the size of each file (vision, resampler, and text unless the bundle
 /// is vision-only).
 pub fn file_sizes(manifest: &Manifest, variant: Variant) -> Result<Vec<FileSize>, LoadError> {
-    let mut roles = vec![ModelRole::Vision, ModelRole::Resampler];
-    if manifest.text.is_some() {
-        roles.push(ModelRole::Text);
-    }
-    check_manifest(manifest, variant, &roles)?;
-    roles
+    file_sizes_for(manifest, variant, EngineKind::Tract)
+}
+
+/// [`verify`] of the vision and resampler files `engine` runs (the text encoder always runs in tract).
+pub fn verify_for(
+    manifest: &Manifest,
+    variant: Variant,
+    engine: EngineKind,
+) -> Result<(), LoadError> {
+    file_sizes_for(manifest, variant, engine).map(|_| ())
+}
+
+/// [`file_sizes`] of the vision and resampler files `engine` runs, and the text file tract runs.
+pub fn file_sizes_for(
+    manifest: &Manifest,
+    variant: Variant,
+    engine: EngineKind,
+) -> Result<Vec<FileSize>, LoadError> {
+    let vision = [ModelRole::Vision, ModelRole::Resampler];
+    check_manifest_for(manifest, variant, &vision, engine)?;
+    let mut sizes = vision
         .iter()
-        .map(|&role| read_verified(manifest, role, variant).map(|v| v.size))
-        .collect()
+        .map(|&role| read_verified_for(manifest, role, variant, engine).map(|v| v.size))
+        .collect::<Result<Vec<_>, _>>()?;
+    if manifest.text.is_some() {
+        check_manifest(manifest, variant, &[ModelRole::Text])?;
+        sizes.push(read_verified(manifest, ModelRole::Text, variant)?.size);
+    }
+    Ok(sizes)
 }
 
 pub(crate) fn entry(
     manifest: &Manifest,
     role: ModelRole,
     variant: Variant,
+    engine: EngineKind,
 ) -> Result<&FileEntry, LoadError> {
     manifest
-        .file(role, variant)
+        .file_for(role, variant, engine)
         .ok_or_else(|| LoadError::MissingEntry {
             dir: manifest.dir.clone(),
             role,
             variant,
+            engine,
         })
 }
 
@@ -139,6 +177,16 @@ pub(crate) fn check_manifest(
     variant: Variant,
     roles: &[ModelRole],
 ) -> Result<(), LoadError> {
+    check_manifest_for(manifest, variant, roles, EngineKind::Tract)
+}
+
+/// [`check_manifest`] of the entries `engine` runs.
+pub(crate) fn check_manifest_for(
+    manifest: &Manifest,
+    variant: Variant,
+    roles: &[ModelRole],
+    engine: EngineKind,
+) -> Result<(), LoadError> {
     let bad = |problem: String| LoadError::Inconsistent {
         dir: manifest.dir.clone(),
         problem,
@@ -146,7 +194,7 @@ pub(crate) fn check_manifest(
     let e = manifest.embed_dim;
     let pre = &manifest.preprocess;
     for &role in roles {
-        let entry = entry(manifest, role, variant)?;
+        let entry = entry(manifest, role, variant, engine)?;
         let file = &entry.path;
         match role {
             ModelRole::Vision => {
@@ -198,7 +246,7 @@ pub(crate) fn check_manifest(
                     "[resampler] num_latents and latent_dim",
                 )
                 .map_err(bad)?;
-                if let Some(vision) = manifest.file(ModelRole::Vision, variant) {
+                if let Some(vision) = manifest.file_for(ModelRole::Vision, variant, engine) {
                     let produced = spec(&vision.outputs, "patch_tokens");
                     let consumed = spec(&entry.inputs, "patch_tokens");
                     if let (Some(p), Some(c)) = (produced, consumed) {
@@ -331,7 +379,17 @@ pub(crate) fn read_verified(
     role: ModelRole,
     variant: Variant,
 ) -> Result<Verified, LoadError> {
-    let entry = entry(manifest, role, variant)?;
+    read_verified_for(manifest, role, variant, EngineKind::Tract)
+}
+
+/// [`read_verified`] of the file `engine` runs.
+pub(crate) fn read_verified_for(
+    manifest: &Manifest,
+    role: ModelRole,
+    variant: Variant,
+    engine: EngineKind,
+) -> Result<Verified, LoadError> {
+    let entry = entry(manifest, role, variant, engine)?;
     let path = manifest.path_of(entry);
     let file_bytes = check_file(&format!("{role} model"), &path, entry.size, &entry.sha256)?;
     let proto = tract_onnx::onnx()

@@ -183,6 +183,7 @@ pub fn select_engine(config: &Config, manifest: &Manifest) -> Result<Selected, B
             engine: m.engine,
             variant: choice.variant,
             threads: m.threads,
+            onnxruntime: config.onnxruntime.clone(),
         },
         reason: choice.reason,
         cpu,

@@ -77,7 +77,7 @@ pub fn check(config: &Config) -> CheckReport {
         r.problems.push(e.message);
         return r;
     }
-    if let Err(e) = infer::verify(&manifest, variant) {
+    if let Err(e) = infer::verify_for(&manifest, variant, selected.settings.engine) {
         r.problems.push(e.to_string());
         return r;
     }

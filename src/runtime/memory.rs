@@ -7,7 +7,7 @@ use crate::budget::{
 };
 use crate::config::Config;
 use crate::infer::{EngineMemory, FileSize, PlanMemory, ARENA_SLACK_BYTES, ARENA_TENSOR_PERCENT};
-use crate::manifest::{Manifest, ModelRole, Variant};
+use crate::manifest::{EngineKind, Manifest, ModelRole, Variant};
 use crate::prepare::Preparer;
 use crate::shm::Layout;
 
@@ -84,7 +84,15 @@ pub fn plan(
             .collect(),
         None => [ModelRole::Vision, ModelRole::Resampler, ModelRole::Text]
             .iter()
-            .filter_map(|&r| manifest.file(r, variant).map(|f| (r, f.size)))
+            .filter_map(|&r| {
+                // The text encoder always runs in tract.
+                let engine = if r == ModelRole::Text {
+                    EngineKind::Tract
+                } else {
+                    config.model.engine
+                };
+                manifest.file_for(r, variant, engine).map(|f| (r, f.size))
+            })
             .collect(),
     };
     plan.push(Part {
@@ -132,6 +140,19 @@ pub fn plan(
         bytes: arena,
         shrink: "use a model with a smaller input or fewer layers (or set memory.arena-mib)",
     });
+    if let Some(measured) = models.and_then(|m| m.engine.measured) {
+        plan.push(Part {
+            name: parts::ENGINE_HEAP,
+            detail: format!(
+                "measured at start-up: resident set +{}, malloc heap +{} across creating the sessions and the \
+                 first run, less the weights counted above",
+                human(measured.rss_bytes),
+                human(measured.heap_bytes)
+            ),
+            bytes: measured.counted_bytes,
+            shrink: "use model.variant = \"int8\" or a smaller model",
+        });
+    }
 
     let text = models.map(|m| m.text_run.tensor_bytes + m.text_run.input_bytes);
     plan.push(Part {

@@ -6,6 +6,8 @@ onnxruntime can run it in, and the fastest counts:
 
 * ``fp32``: the bundle's fp32 file;
 * ``int8``: the bundle's int8 file (QOperator, the format tract runs correctly);
+* ``int8-ort``: the bundle's int8 file for onnxruntime (``engines = ["onnxruntime"]``, QDQ or dynamic), when it
+  has one: the file the runtime's onnxruntime engine runs;
 * ``int8-dynamic``: onnxruntime's own ``quantize_dynamic`` of the fp32 file, made on the fly (cheap: no
   calibration);
 * ``int8-qdq``: onnxruntime's ``quantize_static`` (QDQ, per-channel weights) of the fp32 file, calibrated on a few
@@ -53,6 +55,17 @@ def _manifest(bundle: Path) -> dict:
 def _file(manifest: dict, bundle: Path, role: str, variant: str) -> Path | None:
     for entry in manifest.get("files", []):
         if entry.get("role") == role and entry.get("variant") == variant:
+            return bundle / entry["path"]
+    return None
+
+
+def _file_for_ort(manifest: dict, bundle: Path, role: str, variant: str) -> Path | None:
+    """The file the runtime's onnxruntime engine selects: the first entry whose `engines` names onnxruntime
+    or names none (docs/manifest.md)."""
+    for entry in manifest.get("files", []):
+        engines = entry.get("engines")
+        if entry.get("role") == role and entry.get("variant") == variant and (
+                engines is None or "onnxruntime" in engines):
             return bundle / entry["path"]
     return None
 
@@ -172,8 +185,11 @@ def ort_bench(bundle: Path, threads: int = 1, runs: int = 50, warmup: int = 5, o
     with tempfile.TemporaryDirectory(prefix="ocellus-ortbench-") as tmp:
         for role, name in MODELS.items():
             variants: dict[str, dict] = {}
-            for variant in ("fp32", "int8"):
-                path = _file(manifest, bundle, role, variant)
+            files = {variant: _file(manifest, bundle, role, variant) for variant in ("fp32", "int8")}
+            ort_int8 = _file_for_ort(manifest, bundle, role, "int8")
+            if ort_int8 is not None and ort_int8 != files["int8"]:
+                files["int8-ort"] = ort_int8
+            for variant, path in files.items():
                 if path is None:
                     continue
                 try:

@@ -16,6 +16,8 @@ use crate::cli::Failure;
 pub(super) struct EngineTimes {
     pub(super) engine: EngineKind,
     pub(super) variant: RunVariant,
+    /// The vision and resampler files it ran.
+    pub(super) files: Vec<PathBuf>,
     pub(super) encoder: Samples,
     pub(super) resampler: Samples,
 }
@@ -35,10 +37,11 @@ impl EngineTimes {
 /// Every variant of the bundle that `engine` runs, `runs` timed runs each after a warm-up, on one fixed input.
 pub(super) fn time_engine(
     manifest: &Manifest,
+    config: &Config,
     engine: EngineKind,
-    threads: usize,
     runs: usize,
 ) -> Result<Vec<EngineTimes>, Failure> {
+    let threads = config.model.threads;
     let mut out = Vec::new();
     for file_variant in [Variant::Fp32, Variant::Int8] {
         if manifest
@@ -49,9 +52,8 @@ pub(super) fn time_engine(
         }
         let variant = RunVariant::from(file_variant);
         let settings = EngineSettings {
-            engine,
-            variant,
-            threads,
+            onnxruntime: config.onnxruntime.clone(),
+            ..EngineSettings::new(engine, variant, threads)
         };
         let mut engine = ocellus::infer::load(manifest, &settings).map_err(Failure::config)?;
         let mut output = engine.new_output();
@@ -71,6 +73,7 @@ pub(super) fn time_engine(
         out.push(EngineTimes {
             engine: settings.engine,
             variant,
+            files: engine.info().files.clone(),
             encoder: Samples::new(enc),
             resampler: Samples::new(res),
         });

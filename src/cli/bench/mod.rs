@@ -22,14 +22,14 @@ mod svg;
 mod window;
 
 use capture::measure_capture;
-use engines::{run_ort, time_engine};
+use engines::{run_ort, time_engine, EngineTimes};
 use report::Report;
-use window::{load_average, peak_rss_bytes, run_pipeline};
+use window::{load_average, peak_rss_bytes, run_pipeline, Ran, Window};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ocellus::manifest::Manifest;
+use ocellus::manifest::{EngineKind, Manifest};
 use ocellus::source::SourceKind;
 
 use super::{init_logging, load_config, Failure, Verbosity};
@@ -85,6 +85,43 @@ pub struct BenchArgs {
     /// Do not publish into shared memory.
     #[arg(long)]
     pub no_shm: bool,
+    /// Which engine runs the pipeline: `tract`, `onnxruntime` (a build with the `onnxruntime` feature), or
+    /// `all` (the pipeline once per engine this build has, on the same bundle; the config's engine first).
+    /// Default: the config's `model.engine`.
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<EngineArg>,
+}
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    Tract,
+    Onnxruntime,
+    All,
+}
+
+/// One pipeline run of the benchmark and the same engine's variants alone.
+pub(super) struct EngineRun {
+    pub(super) ran: Ran,
+    pub(super) window: Window,
+    /// `VmHWM` after this run: the process's peak so far (earlier runs included).
+    pub(super) peak_rss: Option<u64>,
+    pub(super) times: Vec<EngineTimes>,
+}
+
+/// The engines `--engine` names, in the order they run.
+fn engines(arg: Option<EngineArg>, configured: EngineKind) -> Vec<EngineKind> {
+    let other = match configured {
+        EngineKind::Tract => EngineKind::Onnxruntime,
+        EngineKind::Onnxruntime => EngineKind::Tract,
+    };
+    match arg {
+        None => vec![configured],
+        Some(EngineArg::Tract) => vec![EngineKind::Tract],
+        Some(EngineArg::Onnxruntime) => vec![EngineKind::Onnxruntime],
+        Some(EngineArg::All) if cfg!(feature = "onnxruntime") => vec![configured, other],
+        Some(EngineArg::All) => vec![EngineKind::Tract],
+    }
 }
 
 pub fn bench(args: BenchArgs, v: Verbosity) -> Result<(), Failure> {
@@ -111,22 +148,27 @@ pub fn bench(args: BenchArgs, v: Verbosity) -> Result<(), Failure> {
     tracing::info!("capture alone ...");
     let capture = measure_capture(&config, args.frames.min(CAPTURE_SAMPLES))?;
 
-    tracing::info!(
-        warmup = args.warmup,
-        frames = args.frames,
-        "pipeline: warm-up, then the measured frames ..."
-    );
-    let window = run_pipeline(&config, &args)?;
-    let peak_rss = peak_rss_bytes();
-
     let manifest = Manifest::load(&config.model.manifest).map_err(Failure::config)?;
-    tracing::info!(runs = args.infer_runs, "each model variant alone ...");
-    let tract = time_engine(
-        &manifest,
-        ocellus::manifest::EngineKind::Tract,
-        config.model.threads,
-        args.infer_runs,
-    )?;
+    let mut runs = Vec::new();
+    for engine in engines(args.engine, config.model.engine) {
+        config.model.engine = engine;
+        tracing::info!(
+            %engine,
+            warmup = args.warmup,
+            frames = args.frames,
+            "pipeline: warm-up, then the measured frames ..."
+        );
+        let (window, ran) = run_pipeline(&config, &args)?;
+        let peak_rss = peak_rss_bytes();
+        tracing::info!(%engine, runs = args.infer_runs, "each model variant alone ...");
+        let times = time_engine(&manifest, &config, engine, args.infer_runs)?;
+        runs.push(EngineRun {
+            ran,
+            window,
+            peak_rss,
+            times,
+        });
+    }
     let ort = if args.no_ort {
         Err("skipped: --no-ort".to_owned())
     } else {
@@ -140,9 +182,8 @@ pub fn bench(args: BenchArgs, v: Verbosity) -> Result<(), Failure> {
         args: &args,
         fps_configured: &fps_configured,
         capture: &capture,
-        window: &window,
-        peak_rss,
-        tract: &tract,
+        runs: &runs,
+        malloc_counted: crate::malloc_count::active(),
         ort: &ort,
         load: [load_before, load_average()],
     };
@@ -158,7 +199,7 @@ pub fn bench(args: BenchArgs, v: Verbosity) -> Result<(), Failure> {
     if let Some(path) = &args.plot {
         write_file(path, &report.svg())?;
     }
-    if window.frames() == 0 {
+    if runs.iter().any(|r| r.window.frames() == 0) {
         return Err(Failure::runtime(
             "no frame was measured: see the log above for camera and model errors",
         ));

@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use super::engines::EngineTimes;
 use super::svg;
 use super::window::Window;
+use super::EngineRun;
 use super::{BenchArgs, GOAL_E2E_OVER_STAGE_SUM, GOAL_INFER_OVER_ORT, GOAL_P99_OVER_P50};
 
 pub(super) fn ms(ns: u64) -> f64 {
@@ -106,23 +107,140 @@ pub(super) struct Report<'a> {
     pub(super) args: &'a BenchArgs,
     pub(super) fps_configured: &'a [u32],
     pub(super) capture: &'a [Samples],
-    pub(super) window: &'a Window,
-    pub(super) peak_rss: Option<u64>,
-    pub(super) tract: &'a [EngineTimes],
+    /// One pipeline run per engine; the first is the one the top-level fields describe.
+    pub(super) runs: &'a [EngineRun],
+    /// Whether the malloc counters see shared libraries' allocations (`crate::malloc_count::active`).
+    pub(super) malloc_counted: bool,
     pub(super) ort: &'a Result<Value, String>,
     pub(super) load: [Option<[f64; 3]>; 2],
 }
 
+/// The variant with the lowest encoder + resampler median.
+fn best(times: &[EngineTimes]) -> &EngineTimes {
+    times
+        .iter()
+        .min_by(|a, b| a.total_ms().total_cmp(&b.total_ms()))
+        .expect("time_engine returns at least one variant")
+}
+
+/// ort-bench's figure for the files `t` ran, when it timed the same files (the same file names): (encoder
+/// ms, resampler ms, ort-bench's variant name).
+fn ort_same_files(ort: &Value, t: &EngineTimes) -> Option<(f64, f64, String)> {
+    let name = |i: usize| -> Option<String> {
+        Some(t.files.get(i)?.file_name()?.to_string_lossy().into_owned())
+    };
+    let find = |model: &str, file: &str| -> Option<(f64, String)> {
+        let variants = ort["models"][model]["variants"].as_object()?;
+        variants.iter().find_map(|(k, v)| {
+            (v["file"].as_str() == Some(file))
+                .then(|| v["median_ms"].as_f64().map(|ms| (ms, k.clone())))
+                .flatten()
+        })
+    };
+    let (enc, enc_variant) = find("encoder", &name(0)?)?;
+    let (res, res_variant) = find("resampler", &name(1)?)?;
+    let variant = if enc_variant == res_variant {
+        enc_variant
+    } else {
+        format!("{enc_variant}+{res_variant}")
+    };
+    Some((enc, res, variant))
+}
+
+/// The heap activity of a window: malloc-family calls per frame (the inference thread's and the process's)
+/// and the growth of glibc's heap in use.
+fn heap(w: &Window, counted: bool) -> Value {
+    let frames = w.frames();
+    let per_frame = |n: u64| (frames > 0 && counted).then(|| n as f64 / frames as f64);
+    let thread = w.end.malloc_thread.since(&w.start.malloc_thread);
+    let process = w.end.malloc_process.since(&w.start.malloc_process);
+    let growth = w
+        .start
+        .heap_in_use
+        .zip(w.end.heap_in_use)
+        .map(|(a, b)| b as i64 - a as i64);
+    json!({
+        "method": "malloc, calloc, realloc, memalign, aligned_alloc, posix_memalign, valloc and pvalloc interposed by the ocellus executable (src/malloc_count.rs): calls and requested bytes, frees not counted; plus mallinfo2's heap in use",
+        "counted": counted,
+        "inference_thread_calls_per_frame": per_frame(thread.calls),
+        "inference_thread_bytes_per_frame": per_frame(thread.bytes),
+        "process_calls_per_frame": per_frame(process.calls),
+        "process_bytes_per_frame": per_frame(process.bytes),
+        "heap_in_use_growth_bytes": growth,
+    })
+}
+
+/// Per-stage p50 and p99 of a window, its stage sum and end-to-end ratio.
+fn stage_figures(w: &Window, capture_p50: f64) -> (Value, f64) {
+    let mut stages = Map::new();
+    for stage in Stage::ALL {
+        let d = w.stage(stage);
+        stages.insert(
+            stage.name().into(),
+            json!({ "p50_ms": ms(d.percentile(0.5)), "p99_ms": ms(d.percentile(0.99)) }),
+        );
+    }
+    let p50 = |s: Stage| ms(w.stage(s).percentile(0.5));
+    let sum = capture_p50
+        + p50(Stage::Prepare)
+        + p50(Stage::Encoder)
+        + p50(Stage::Resampler)
+        + p50(Stage::Score)
+        + p50(Stage::Publish);
+    (Value::Object(stages), sum)
+}
+
 impl Report<'_> {
     pub(super) fn best_tract(&self) -> &EngineTimes {
-        self.tract
-            .iter()
-            .min_by(|a, b| a.total_ms().total_cmp(&b.total_ms()))
-            .expect("time_engine returns at least one variant")
+        best(&self.runs[0].times)
+    }
+
+    /// One entry of `engines`: what one engine's pipeline run and its variants alone measured.
+    fn engine_json(&self, run: &EngineRun, capture_p50: f64, ort: &Value) -> Value {
+        let w = &run.window;
+        let (stages, stage_sum) = stage_figures(w, capture_p50);
+        let e2e = w.stage(Stage::EndToEnd);
+        let e2e_p50 = ms(e2e.percentile(0.5));
+        let best = best(&run.times);
+        let ran = run.times.iter().find(|t| t.variant == run.ran.variant);
+        let same = ran.and_then(|t| ort_same_files(ort, t));
+        let ort_best = ort["total_best_ms"].as_f64();
+        let seconds = w.seconds();
+        json!({
+            "engine": run.ran.engine.to_string(),
+            "variant": run.ran.variant.to_string(),
+            "variant_reason": run.ran.reason,
+            "frames": w.frames(),
+            "throughput_fps": if seconds > 0.0 { w.frames() as f64 / seconds } else { 0.0 },
+            "end_to_end": { "p50_ms": e2e_p50, "p99_ms": ms(e2e.percentile(0.99)) },
+            "stages": stages,
+            "stage_sum_p50_ms": stage_sum,
+            "end_to_end_p50_over_stage_sum": ratio(e2e_p50, stage_sum),
+            "heap": heap(w, self.malloc_counted),
+            "allocations_per_frame": {
+                let a = w.end.alloc.since(&w.start.alloc);
+                a.installed.then(|| (w.frames() > 0).then(|| (a.system_allocations() + a.region_allocations()) as f64 / w.frames() as f64)).flatten()
+            },
+            "peak_rss_mib": run.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+            "inference": {
+                "run_variant": run.ran.variant.to_string(),
+                "run_variant_ms": ran.map(|t| t.total_ms()),
+                "run_variant_encoder_ms": ran.map(|t| t.encoder_ms()),
+                "run_variant_resampler_ms": ran.map(|t| t.resampler_ms()),
+                "best_variant": best.variant.to_string(),
+                "best_variant_ms": best.total_ms(),
+                "ort_same_files_variant": same.as_ref().map(|s| s.2.clone()),
+                "ort_same_files_ms": same.as_ref().map(|s| s.0 + s.1),
+                "ort_same_files_encoder_ms": same.as_ref().map(|s| s.0),
+                "ort_same_files_resampler_ms": same.as_ref().map(|s| s.1),
+                "run_variant_over_ort_same_files": ran.zip(same.as_ref()).and_then(|(t, s)| ratio(t.total_ms(), s.0 + s.1)),
+                "best_variant_over_ort_best": ort_best.and_then(|o| ratio(best.total_ms(), o)),
+            },
+        })
     }
 
     pub(super) fn json(&self) -> Value {
-        let w = self.window;
+        let w = &self.runs[0].window;
         let e2e = w.stage(Stage::EndToEnd);
         let mut stages = Map::new();
         for stage in Stage::ALL {
@@ -143,8 +261,9 @@ impl Report<'_> {
         let seconds = w.seconds();
 
         let best = self.best_tract();
-        let variants: Map<String, Value> = self
-            .tract
+        let first = &self.runs[0];
+        let variants: Map<String, Value> = first
+            .times
             .iter()
             .map(|t| {
                 (
@@ -177,6 +296,16 @@ impl Report<'_> {
             .zip(ort_res.as_ref())
             .map(|(a, b)| a.0 + b.0);
         let ocellus_total = best.total_ms();
+        let run_total = first
+            .times
+            .iter()
+            .find(|t| t.variant == first.ran.variant)
+            .map(EngineTimes::total_ms);
+        let engines: Vec<Value> = self
+            .runs
+            .iter()
+            .map(|r| self.engine_json(r, capture_mean_p50, &ort_report))
+            .collect();
         let ratio_total = ort_total.and_then(|o| ratio(ocellus_total, o));
         let per_model = |ours: f64, theirs: &Option<(f64, String)>| {
             json!({
@@ -267,8 +396,9 @@ impl Report<'_> {
             "stage_sum_p50_ms": stage_sum,
             "allocations_per_frame": allocations_per_frame,
             "allocations": allocations,
-            "peak_rss_bytes": self.peak_rss,
-            "peak_rss_mib": self.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+            "peak_rss_bytes": first.peak_rss,
+            "peak_rss_mib": first.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+            "heap": heap(w, self.malloc_counted),
             "histogram": { "stage": "end_to_end", "buckets": histogram },
             "inference": {
                 "runs": self.args.infer_runs,
@@ -276,7 +406,14 @@ impl Report<'_> {
                 "ocellus": { "engine": best.engine.to_string(), "variants": variants, "best": best.variant.to_string() },
                 "onnxruntime": ort_report,
             },
+            "engine": first.ran.engine.to_string(),
+            "cpu_features": ocellus::infer::select::CpuFeatures::native().to_string(),
+            "engines": engines,
             "ocellus_infer_ms": ocellus_total,
+            "ocellus_infer_variant": best.variant.to_string(),
+            "ocellus_run_variant": first.ran.variant.to_string(),
+            "ocellus_run_infer_ms": run_total,
+            "ratio_run_vs_ort": run_total.zip(ort_total).and_then(|(a, b)| ratio(a, b)),
             "ort_infer_ms": ort_total,
             "ort_error": ort_error,
             "ratio_vs_ort": ratio_total,
@@ -373,6 +510,55 @@ impl Report<'_> {
                 .as_str()
                 .map_or(String::new(), |e| format!(" ({e})"))
         );
+        let _ = writeln!(
+            s,
+            "the pipeline ran {} {}: inference alone {} ms (the best variant, {}, {} ms); CPU: {}",
+            j["engine"].as_str().unwrap_or("?"),
+            j["ocellus_run_variant"].as_str().unwrap_or("?"),
+            f(&j["ocellus_run_infer_ms"]),
+            j["ocellus_infer_variant"].as_str().unwrap_or("?"),
+            f(&j["ocellus_infer_ms"]),
+            j["cpu_features"].as_str().unwrap_or("?"),
+        );
+        for e in j["engines"].as_array().into_iter().flatten() {
+            let st = |name: &str| {
+                format!(
+                    "{} {}/{}",
+                    name,
+                    f(&e["stages"][name]["p50_ms"]),
+                    f(&e["stages"][name]["p99_ms"])
+                )
+            };
+            let _ = writeln!(
+                s,
+                "engine {} {}: {:.1} fps; p50/p99 ms: {}, {}, {}, {}; end to end {}/{} (stage sum {}, x{}); \
+                 malloc calls per frame: inference thread {}, process {}; alone {} ms vs onnxruntime {} ms on the \
+                 same files ({}): x{}",
+                e["engine"].as_str().unwrap_or("?"),
+                e["variant"].as_str().unwrap_or("?"),
+                e["throughput_fps"].as_f64().unwrap_or(0.0),
+                st("prepare"),
+                st("encoder"),
+                st("resampler"),
+                st("publish"),
+                f(&e["end_to_end"]["p50_ms"]),
+                f(&e["end_to_end"]["p99_ms"]),
+                f(&e["stage_sum_p50_ms"]),
+                f(&e["end_to_end_p50_over_stage_sum"]),
+                e["heap"]["inference_thread_calls_per_frame"]
+                    .as_f64()
+                    .map_or("- (not counted)".into(), |m| format!("{m:.1}")),
+                e["heap"]["process_calls_per_frame"]
+                    .as_f64()
+                    .map_or("-".into(), |m| format!("{m:.1}")),
+                f(&e["inference"]["run_variant_ms"]),
+                f(&e["inference"]["ort_same_files_ms"]),
+                e["inference"]["ort_same_files_variant"]
+                    .as_str()
+                    .unwrap_or("not timed by ort-bench"),
+                f(&e["inference"]["run_variant_over_ort_same_files"]),
+            );
+        }
         for (name, g) in j["goals"].as_object().into_iter().flatten() {
             let met = match g["met"].as_bool() {
                 Some(true) => "met",
@@ -393,7 +579,7 @@ impl Report<'_> {
     }
 
     pub(super) fn svg(&self) -> String {
-        let w = self.window;
+        let w = &self.runs[0].window;
         let e2e = w.stage(Stage::EndToEnd);
         let buckets: Vec<(f64, f64, u64)> = e2e
             .buckets()

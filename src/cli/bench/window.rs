@@ -14,6 +14,7 @@ use ocellus::stats::{HistogramSnapshot, Stage, Stats, STAGE_COUNT};
 
 use super::{BenchArgs, STALL};
 use crate::cli::Failure;
+use crate::malloc_count::{self, MallocCounts};
 
 /// What the statistics say at one point of the run.
 pub(super) struct Mark {
@@ -25,6 +26,12 @@ pub(super) struct Mark {
     pub(super) late_frames: u64,
     pub(super) errors: u64,
     pub(super) alloc: AllocStats,
+    /// malloc-family calls of the thread taking the mark (the inference thread: the window sink runs there).
+    pub(super) malloc_thread: MallocCounts,
+    /// malloc-family calls of the whole process.
+    pub(super) malloc_process: MallocCounts,
+    /// glibc's heap in use (`mallinfo2`), when readable.
+    pub(super) heap_in_use: Option<u64>,
 }
 
 impl Mark {
@@ -38,6 +45,9 @@ impl Mark {
             late_frames: 0,
             errors: 0,
             alloc: AllocStats::default(),
+            malloc_thread: MallocCounts::default(),
+            malloc_process: MallocCounts::default(),
+            heap_in_use: None,
         }
     }
 
@@ -54,6 +64,10 @@ impl Mark {
             + stats.total(|c| &c.publish_errors)
             + stats.total(|c| &c.source_errors);
         self.alloc = ocellus::alloc::stats();
+        // Read before mallinfo2, which may allocate inside glibc the first time.
+        self.malloc_thread = malloc_count::this_thread();
+        self.malloc_process = malloc_count::process();
+        self.heap_in_use = ocellus::alloc::heap_in_use();
         self.at_ns = monotonic_ns();
     }
 }
@@ -145,7 +159,14 @@ impl Sink for WindowSink {
     }
 }
 
-pub(super) fn run_pipeline(config: &Config, args: &BenchArgs) -> Result<Window, Failure> {
+/// What the pipeline ran: the engine and variant `Runtime::build` chose.
+pub(super) struct Ran {
+    pub(super) engine: ocellus::manifest::EngineKind,
+    pub(super) variant: ocellus::infer::RunVariant,
+    pub(super) reason: String,
+}
+
+pub(super) fn run_pipeline(config: &Config, args: &BenchArgs) -> Result<(Window, Ran), Failure> {
     let interrupt = super::super::run::interrupt_flag()?;
     let out = Arc::new(Mutex::new(None));
     let (warmup, frames, slot) = (args.warmup, args.frames, Arc::clone(&out));
@@ -181,6 +202,12 @@ pub(super) fn run_pipeline(config: &Config, args: &BenchArgs) -> Result<Window, 
         ..RuntimeOptions::default()
     };
     let mut pipeline = Runtime::build(config, options)?;
+    let model = pipeline.model();
+    let ran = Ran {
+        engine: model.engine,
+        variant: model.variant,
+        reason: model.variant_reason.clone(),
+    };
     pipeline.start()?;
     let stats = Arc::clone(pipeline.stats());
     let (mut last, mut last_change) = (0u64, Instant::now());
@@ -217,7 +244,7 @@ pub(super) fn run_pipeline(config: &Config, args: &BenchArgs) -> Result<Window, 
             window.published, args.warmup
         )));
     }
-    Ok(*window)
+    Ok((*window, ran))
 }
 
 /// `VmHWM` of /proc/self/status in bytes: the process's peak resident set.

@@ -1,0 +1,244 @@
+//! The onnxruntime engine (feature `onnxruntime`) against the bundles' reference data (docs/manifest.md,
+//! `reference/`: onnxruntime's own outputs for the same files and inputs, from Python): the same library
+//! version from Rust through `OrtEngine`'s bound tensors must give the same numbers. Also: the engine
+//! allocates nothing on the Rust side per frame, and the library errors name the problem and the fix.
+//!
+//! The library comes from `ORT_DYLIB_PATH` (`make test-ort` sets it to the tools' venv's); without it these
+//! tests fail with the engine's own message saying how to set it. Run with `--nocapture` for the figures.
+#![cfg(feature = "onnxruntime")]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ndarray::ArrayD;
+use ocellus::infer::{
+    EngineSettings, InferenceEngine, OnnxruntimeSettings, OrtEngine, Provider, RunVariant,
+};
+use ocellus::manifest::{EngineKind, Manifest};
+use serde::Deserialize;
+
+/// The same engine on the same file and input.
+const MIN_COSINE: f64 = 0.9999;
+/// Largest absolute difference allowed against the reference, relative to the reference's largest
+/// magnitude (onnxruntime in Python and from Rust; thread count and kernel choice may reorder sums).
+const MAX_ABS_REL: f64 = 1e-4;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; counting touches only an atomic and a
+// const-initialised thread-local without destructor, neither of which allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as for `alloc`; `ptr` and `layout` come from this allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Deserialize)]
+struct Index {
+    engine: String,
+    images: Vec<ImageRef>,
+}
+
+#[derive(Deserialize)]
+struct ImageRef {
+    id: String,
+    pixel_values: String,
+    outputs: BTreeMap<String, ImageOutputs>,
+}
+
+#[derive(Deserialize)]
+struct ImageOutputs {
+    patch_tokens: String,
+    image_embeds: String,
+    latents: String,
+}
+
+fn bundle(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
+}
+
+fn npy(dir: &Path, rel: &str) -> ArrayD<f32> {
+    let path = dir.join("reference").join(rel);
+    ndarray_npy::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn settings(variant: RunVariant) -> EngineSettings {
+    EngineSettings {
+        onnxruntime: OnnxruntimeSettings::default(),
+        ..EngineSettings::new(EngineKind::Onnxruntime, variant, 1)
+    }
+}
+
+fn load(dir: &Path, variant: RunVariant) -> OrtEngine {
+    let manifest = Manifest::load(&dir.join("manifest.toml")).expect("manifest");
+    OrtEngine::load(&manifest, &settings(variant)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// (min cosine, max |a - b| / max |b|) over one output.
+fn compare(ours: &[f32], reference: &[f32]) -> (f64, f64) {
+    assert_eq!(ours.len(), reference.len(), "length differs from the reference");
+    let (mut dot, mut na, mut nb, mut max_abs, mut max_ref) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for (&a, &b) in ours.iter().zip(reference) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        dot += a * b;
+        na += a * a;
+        nb += b * b;
+        max_abs = max_abs.max((a - b).abs());
+        max_ref = max_ref.max(b.abs());
+    }
+    (
+        dot / (na.sqrt() * nb.sqrt()).max(f64::MIN_POSITIVE),
+        max_abs / max_ref.max(f64::MIN_POSITIVE),
+    )
+}
+
+fn normalised(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+fn check(name: &str, variant: RunVariant) {
+    let dir = bundle(name);
+    let text = std::fs::read_to_string(dir.join("reference/index.toml")).expect("index.toml");
+    let index: Index = toml::from_str(&text).expect("index.toml");
+    let mut engine = load(&dir, variant);
+    assert_eq!(engine.info().engine, EngineKind::Onnxruntime);
+    let mut out = engine.new_output();
+    let mut worst = [(1.0f64, 0.0f64); 3];
+    for image in &index.images {
+        let pixels = npy(&dir, &image.pixel_values);
+        let refs = &image.outputs[&variant.to_string()];
+        engine
+            .run(pixels.as_slice().expect("C order"), &mut out)
+            .unwrap_or_else(|e| panic!("{}: {e}", image.id));
+        let embeds = npy(&dir, &refs.image_embeds);
+        let got = [
+            compare(&out.patch_tokens, npy(&dir, &refs.patch_tokens).as_slice().unwrap()),
+            compare(&out.image_embeds, &normalised(embeds.as_slice().unwrap())),
+            compare(&out.latents, npy(&dir, &refs.latents).as_slice().unwrap()),
+        ];
+        for (w, g) in worst.iter_mut().zip(got) {
+            *w = (w.0.min(g.0), w.1.max(g.1));
+        }
+        let norm = out.image_embeds.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "image_embeds not L2-normalised: {norm}");
+    }
+    println!(
+        "{name} {variant} onnxruntime (Rust, OrtEngine) vs {}: patch_tokens cos {:.7} max_abs/max {:.1e}; image_embeds cos {:.7} max_abs/max {:.1e}; latents cos {:.7} max_abs/max {:.1e}",
+        index.engine, worst[0].0, worst[0].1, worst[1].0, worst[1].1, worst[2].0, worst[2].1
+    );
+    for (output, (cos, rel)) in ["patch_tokens", "image_embeds", "latents"].iter().zip(worst) {
+        assert!(cos >= MIN_COSINE, "{name} {variant} {output}: cosine {cos} < {MIN_COSINE}");
+        assert!(rel <= MAX_ABS_REL, "{name} {variant} {output}: max_abs/max {rel} > {MAX_ABS_REL}");
+    }
+}
+
+#[test]
+fn demo_fp32_matches_the_reference() {
+    check("demo", RunVariant::Fp32);
+}
+
+#[test]
+fn demo_int8_matches_the_reference() {
+    check("demo", RunVariant::Int8);
+}
+
+#[test]
+fn hf_clip_qformer_fp32_matches_the_reference() {
+    check("hf-clip-qformer", RunVariant::Fp32);
+}
+
+#[test]
+fn a_frame_allocates_nothing_on_the_rust_side() {
+    let mut engine = load(&bundle("demo"), RunVariant::Fp32);
+    let mut out = engine.new_output();
+    let pixels: Vec<f32> = (0..engine.input_len())
+        .map(|i| (i % 7) as f32 / 7.0)
+        .collect();
+    engine.run(&pixels, &mut out).expect("warm-up run");
+    let first = out.clone();
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..20 {
+        engine.run(&pixels, &mut out).expect("run");
+    }
+    COUNTING.with(|c| c.set(false));
+    let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(made, 0, "20 runs made {made} Rust allocations");
+    assert_eq!(out, first, "the same input gave other outputs");
+}
+
+#[test]
+fn memory_is_measured_at_start_up() {
+    let engine = load(&bundle("demo"), RunVariant::Fp32);
+    let m = engine.memory();
+    let measured = m.measured.expect("onnxruntime's memory is measured");
+    assert!(m.weight_bytes() > 0);
+    assert!(
+        measured.counted_bytes <= measured.rss_bytes.max(measured.heap_bytes),
+        "{measured:?}"
+    );
+    assert_eq!(m.files.len(), 2);
+}
+
+#[test]
+fn a_wrong_input_length_is_refused() {
+    let mut engine = load(&bundle("demo"), RunVariant::Fp32);
+    let mut out = engine.new_output();
+    let e = engine.run(&[0.0; 5], &mut out).unwrap_err().to_string();
+    assert!(e.contains("pixel_values has 5 values"), "{e}");
+}
+
+fn load_error(library: PathBuf) -> String {
+    let manifest = Manifest::load(&bundle("demo").join("manifest.toml")).expect("manifest");
+    let mut s = settings(RunVariant::Fp32);
+    s.onnxruntime = OnnxruntimeSettings {
+        library: Some(library),
+        providers: vec![Provider::Cpu],
+    };
+    OrtEngine::load(&manifest, &s).unwrap_err().to_string()
+}
+
+#[test]
+fn a_missing_library_names_the_problem_and_the_fix() {
+    let e = load_error(PathBuf::from("/nonexistent/libonnxruntime.so.1.32.0"));
+    assert!(e.contains("/nonexistent/libonnxruntime.so.1.32.0"), "{e}");
+    assert!(e.contains("does not exist"), "{e}");
+    assert!(e.contains("[onnxruntime] library"), "{e}");
+    assert!(e.contains("venv"), "{e}");
+}
+
+#[test]
+fn a_directory_is_not_a_library() {
+    let e = load_error(std::env::temp_dir());
+    assert!(e.contains("is not a file"), "{e}");
+}
