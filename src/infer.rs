@@ -39,8 +39,8 @@ pub(crate) use plan::{Executor, Planned};
 pub use select::{RunVariant, VariantChoice};
 pub use settings::{OnnxruntimeSettings, Provider, ORT_DYLIB_PATH_VAR, ORT_MIN_VERSION};
 pub use tract::TractEngine;
-pub(crate) use verify::{check_file, check_manifest, check_manifest_for, read_verified_for};
 pub(crate) use verify::read_verified;
+pub(crate) use verify::{check_file, check_manifest, check_manifest_for, read_verified_for};
 pub use verify::{
     file_sizes, file_sizes_for, verify, verify_for, verify_path, FileSize, LoadError,
 };

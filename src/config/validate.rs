@@ -338,10 +338,9 @@ impl Validator<'_> {
                         )
                     })?;
                     if providers.contains(&p) {
-                        return Err(self.err(
-                            "onnxruntime.providers",
-                            format!("'{name}' is listed twice"),
-                        ));
+                        return Err(
+                            self.err("onnxruntime.providers", format!("'{name}' is listed twice"))
+                        );
                     }
                     providers.push(p);
                 }

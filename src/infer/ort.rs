@@ -31,10 +31,9 @@ use ::ort::session::{IoBinding, Session};
 use ::ort::value::Tensor;
 
 use super::{
-    check_manifest_for, l2_normalise, read_verified_for, EngineInfo, EngineMemory,
-    EngineSettings, InferError, InferenceEngine, LoadError, MeasuredMemory, OnnxruntimeSettings,
-    PlanMemory, Provider, RunVariant, StageTimes, VisionOutput, ORT_DYLIB_PATH_VAR,
-    ORT_MIN_VERSION,
+    check_manifest_for, l2_normalise, read_verified_for, EngineInfo, EngineMemory, EngineSettings,
+    InferError, InferenceEngine, LoadError, MeasuredMemory, OnnxruntimeSettings, PlanMemory,
+    Provider, RunVariant, StageTimes, VisionOutput, ORT_DYLIB_PATH_VAR, ORT_MIN_VERSION,
 };
 use crate::manifest::{EngineKind, Manifest, ModelRole};
 
@@ -166,7 +165,12 @@ fn environment(settings: &OnnxruntimeSettings) -> Result<(Environment, PathBuf),
         .with_name("ocellus")
         .with_telemetry(false)
         .build()
-        .map_err(|e| fail(format!("cannot create an environment ({e})"), "check the library's installation".into()))?;
+        .map_err(|e| {
+            fail(
+                format!("cannot create an environment ({e})"),
+                "check the library's installation".into(),
+            )
+        })?;
     tracing::info!(library = %path.display(), "onnxruntime loaded");
     *loaded = Some(Loaded {
         path: path.clone(),
@@ -367,9 +371,9 @@ impl OrtEngine {
             threads: settings.threads,
             files: vec![vision_path.clone(), resampler_path.clone()],
         };
-        let output_bytes = 4 * (embed_dim
-            + patch_shape.0 * patch_shape.1
-            + latents_shape.0 * latents_shape.1) as u64;
+        let output_bytes = 4
+            * (embed_dim + patch_shape.0 * patch_shape.1 + latents_shape.0 * latents_shape.1)
+                as u64;
         let input_bytes = 4 * (3 * h * w) as u64;
         let mut engine = OrtEngine {
             info,
@@ -402,11 +406,13 @@ impl OrtEngine {
         // measure after it, so the budget holds the steady state.
         let zeros = vec![0.0f32; engine.input_len];
         let mut out = engine.new_output();
-        engine.run(&zeros, &mut out).map_err(|e| LoadError::Onnxruntime {
-            path: vision_path.clone(),
-            stage: "run (first run at start-up)",
-            message: e.to_string(),
-        })?;
+        engine
+            .run(&zeros, &mut out)
+            .map_err(|e| LoadError::Onnxruntime {
+                path: vision_path.clone(),
+                stage: "run (first run at start-up)",
+                message: e.to_string(),
+            })?;
         drop((zeros, out));
         let rss = rss_before
             .zip(crate::alloc::process_memory().map(|m| m.rss))
@@ -420,7 +426,12 @@ impl OrtEngine {
             heap_bytes: heap,
             counted_bytes: rss.max(heap).saturating_sub(weights),
         });
-        tracing::debug!(rss, heap, weights, "onnxruntime sessions created and run once");
+        tracing::debug!(
+            rss,
+            heap,
+            weights,
+            "onnxruntime sessions created and run once"
+        );
         Ok(engine)
     }
 }
@@ -466,9 +477,8 @@ impl InferenceEngine for OrtEngine {
             });
         }
         self.check_output(out)?;
-        let failed = |role: ModelRole| {
-            move |message: String| InferError::Onnxruntime { role, message }
-        };
+        let failed =
+            |role: ModelRole| move |message: String| InferError::Onnxruntime { role, message };
 
         let start = Instant::now();
         self.pixel_values

@@ -283,7 +283,8 @@ pub fn choose(
                     {
                         pick(
                             RunVariant::Int8,
-                            "the bundle has int8 files in onnxruntime's forms (QDQ or dynamic)".into(),
+                            "the bundle has int8 files in onnxruntime's forms (QDQ or dynamic)"
+                                .into(),
                         )
                     } else if has(Variant::Fp32) {
                         pick(
@@ -295,10 +296,7 @@ pub fn choose(
                             },
                         )
                     } else {
-                        pick(
-                            RunVariant::Int8,
-                            "the bundle has int8 files only".into(),
-                        )
+                        pick(RunVariant::Int8, "the bundle has int8 files only".into())
                     }
                 }
             }

@@ -101,12 +101,12 @@ pub enum EngineArg {
 }
 
 /// One pipeline run of the benchmark and the same engine's variants alone.
-pub(super) struct EngineRun {
-    pub(super) ran: Ran,
-    pub(super) window: Window,
+struct EngineRun {
+    ran: Ran,
+    window: Window,
     /// `VmHWM` after this run: the process's peak so far (earlier runs included).
-    pub(super) peak_rss: Option<u64>,
-    pub(super) times: Vec<EngineTimes>,
+    peak_rss: Option<u64>,
+    times: Vec<EngineTimes>,
 }
 
 /// The engines `--engine` names, in the order they run.
