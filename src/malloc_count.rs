@@ -84,16 +84,12 @@ mod imp {
         MallocCounts { calls, bytes }
     }
 
-    /// Whether a shared library's malloc calls reach the counters: glibc's `strdup` allocates with `malloc`
-    /// through the dynamic linker, as libonnxruntime does.
+    /// Whether shared libraries' malloc calls reach the counters: the dynamic linker's global lookup of
+    /// `malloc` (what libonnxruntime's calls bind to) finds this executable's definition.
     pub fn active() -> bool {
-        let before = CALLS.load(Relaxed);
-        // SAFETY: strdup reads the NUL-terminated literal and returns a fresh block (or null), freed at once.
-        unsafe {
-            let p = libc::strdup(c"ocellus".as_ptr());
-            libc::free(p.cast());
-        }
-        CALLS.load(Relaxed) != before
+        // SAFETY: dlsym with RTLD_DEFAULT only looks a NUL-terminated name up in the global scope.
+        let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr()) };
+        found as usize == malloc as *const () as usize
     }
 
     // SAFETY (all below): each forwards its arguments unchanged to glibc's own implementation, which has the
@@ -203,7 +199,8 @@ pub fn this_thread() -> MallocCounts {
     imp::this_thread()
 }
 
-/// Whether the counters see shared libraries' allocations in this process.
+/// Whether the counters see shared libraries' allocations in this process (glibc's own internal calls
+/// may bypass the public symbol; libonnxruntime's and libstdc++'s do not).
 pub fn active() -> bool {
     imp::active()
 }
