@@ -12,12 +12,6 @@ pub const STALL_PERIODS: u32 = 10;
 pub const THREADS: usize = 1;
 pub const PROMPTS_MAX: usize = 64;
 pub const MEMORY_MIB: u64 = 512;
-pub const DEQUEUE_MS: f64 = 50.0;
-pub const PREPARE_MS: f64 = 5.0;
-pub const ENCODER_MS: f64 = 50.0;
-pub const RESAMPLER_MS: f64 = 20.0;
-pub const PUBLISH_MS: f64 = 2.0;
-pub const END_TO_END_MS: f64 = 100.0;
 pub const SHM_NAME: &str = "ocellus";
 pub const SHM_MODE: u32 = 0o640;
 

@@ -134,20 +134,25 @@ pub struct ModelConfig {
     /// `cpu-isa`: edits the instruction-set features tract uses (tract's `TRACT_CPU_ISA` syntax), e.g.
     /// `"-avx512vnni,-avxvnni"` to run as an AVX2-only machine would.
     pub cpu_isa: Option<String>,
+    /// `measurements`: the file the model's measured times are remembered in (`None`: the runtime's default
+    /// place, see `runtime::calibrate`).
+    pub measurements: Option<PathBuf>,
 }
 
 /// `[budgets]`: the memory budget and per-stage deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budgets {
     pub memory_mib: u64,
-    /// Capture timestamp to dequeue by the inference thread (`dequeue-ms`).
-    pub dequeue: Duration,
-    pub prepare: Duration,
-    pub encoder: Duration,
-    pub resampler: Duration,
-    pub publish: Duration,
+    /// Capture timestamp to dequeue by the inference thread (`dequeue-ms`). Each deadline left out of the
+    /// file is `None`: the runtime derives it from the model's times measured on this machine at start-up
+    /// (`runtime::calibrate`), so defaults fit the model instead of the demo.
+    pub dequeue: Option<Duration>,
+    pub prepare: Option<Duration>,
+    pub encoder: Option<Duration>,
+    pub resampler: Option<Duration>,
+    pub publish: Option<Duration>,
     /// Capture timestamp to published result.
-    pub end_to_end: Duration,
+    pub end_to_end: Option<Duration>,
 }
 
 /// `[shm]`: the shared-memory segment results are published in.

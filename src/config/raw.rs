@@ -53,6 +53,7 @@ pub(super) struct RawModel {
     pub(super) variant: Option<String>,
     pub(super) threads: Option<usize>,
     pub(super) cpu_isa: Option<String>,
+    pub(super) measurements: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -299,12 +299,23 @@ impl Validator<'_> {
                 format!("{threads} is outside 1..={MAX_THREADS}"),
             ));
         }
+        let measurements = match rm.measurements {
+            Some(p) if p.trim().is_empty() => {
+                return Err(self.err(
+                    "model.measurements",
+                    "is empty: give a file path, or remove the key for the default place",
+                ))
+            }
+            Some(p) => Some(self.resolve(&p)),
+            None => None,
+        };
         Ok(ModelConfig {
             manifest,
             engine,
             variant,
             threads,
             cpu_isa,
+            measurements,
         })
     }
 
@@ -375,24 +386,24 @@ impl Validator<'_> {
         if memory_mib == 0 {
             return Err(self.err("budgets.memory-mib", "must be at least 1"));
         }
-        let ms = |k: &str, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
-            let v = v.unwrap_or(default);
+        let ms = |k: &str, v: Option<f64>| -> Result<Option<Duration>, ConfigError> {
+            let Some(v) = v else { return Ok(None) };
             if !v.is_finite() || v <= 0.0 || v > MAX_DEADLINE_MS {
                 return Err(self.err(
                     format!("budgets.{k}"),
                     format!("{v} ms: a deadline must be above 0 and at most {MAX_DEADLINE_MS} ms"),
                 ));
             }
-            Ok(Duration::from_secs_f64(v / 1000.0))
+            Ok(Some(Duration::from_secs_f64(v / 1000.0)))
         };
         Ok(Budgets {
             memory_mib,
-            dequeue: ms("dequeue-ms", rb.dequeue_ms, defaults::DEQUEUE_MS)?,
-            prepare: ms("prepare-ms", rb.prepare_ms, defaults::PREPARE_MS)?,
-            encoder: ms("encoder-ms", rb.encoder_ms, defaults::ENCODER_MS)?,
-            resampler: ms("resampler-ms", rb.resampler_ms, defaults::RESAMPLER_MS)?,
-            publish: ms("publish-ms", rb.publish_ms, defaults::PUBLISH_MS)?,
-            end_to_end: ms("end-to-end-ms", rb.end_to_end_ms, defaults::END_TO_END_MS)?,
+            dequeue: ms("dequeue-ms", rb.dequeue_ms)?,
+            prepare: ms("prepare-ms", rb.prepare_ms)?,
+            encoder: ms("encoder-ms", rb.encoder_ms)?,
+            resampler: ms("resampler-ms", rb.resampler_ms)?,
+            publish: ms("publish-ms", rb.publish_ms)?,
+            end_to_end: ms("end-to-end-ms", rb.end_to_end_ms)?,
         })
     }
 

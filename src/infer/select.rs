@@ -178,16 +178,21 @@ pub fn force_isa(spec: &str) -> Result<(), String> {
 /// The variant [`choose`] picked, and why (one line for the log and `ocellus check`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
+    /// The pick by the CPU's features; the one to run unless `candidates` are measured.
     pub variant: RunVariant,
     pub reason: String,
+    /// More than one: `auto` cannot tell from the CPU alone which of these is faster for this model (small
+    /// models can be slower in int8 even with int8 dot products), so the runtime measures them on this
+    /// machine and keeps the fastest (remembering the answer). Empty or one: nothing to measure.
+    pub candidates: Vec<RunVariant>,
 }
 
 /// Resolves `model.variant` for `engine` on a CPU with `cpu`'s features:
 /// * a fixed variant is kept if the bundle has its files (else an error naming what it has);
-/// * `auto` with tract: int8 where the CPU has int8 dot products and the bundle has int8 files for tract;
-///   else f16 where the CPU computes in f16 (arm64); else fp32;
-/// * `auto` with onnxruntime: int8 when the bundle has int8 files for onnxruntime (its int8 kernels use
-///   whatever the CPU offers and its own forms are the fast ones), else fp32.
+/// * `auto` with tract: where the CPU has int8 dot products and the bundle has int8 files for tract, int8 and
+///   fp32 are the candidates to measure (with no fp32 files, int8); without int8 dot products, f16 where the
+///   CPU computes in f16 (arm64), else fp32 (tract's int8 is 10-60x slower there: never a candidate);
+/// * `auto` with onnxruntime: int8 and fp32 are measured when the bundle has both for onnxruntime.
 pub fn choose(
     choice: VariantChoice,
     manifest: &Manifest,
@@ -224,6 +229,7 @@ pub fn choose(
             Ok(Choice {
                 variant: v,
                 reason: "model.variant".into(),
+                candidates: Vec::new(),
             })
         }
         VariantChoice::Auto => {
@@ -233,17 +239,32 @@ pub fn choose(
                     manifest.name
                 ));
             }
-            let pick = |variant: RunVariant, reason: String| Ok(Choice { variant, reason });
+            let pick = |variant: RunVariant, reason: String| {
+                Ok(Choice {
+                    variant,
+                    reason,
+                    candidates: Vec::new(),
+                })
+            };
+            let measure = |variant: RunVariant, reason: String| {
+                Ok(Choice {
+                    variant,
+                    reason,
+                    candidates: vec![RunVariant::Int8, RunVariant::Fp32],
+                })
+            };
             match engine {
                 EngineKind::Tract => {
                     if cpu.int8_is_fast() && has(Variant::Int8) {
-                        return pick(
-                            RunVariant::Int8,
-                            format!(
-                                "this CPU has {}: tract's int8 kernels beat its f32 ones",
-                                cpu.int8_reason()
-                            ),
+                        let why = format!(
+                            "this CPU has {}: tract's int8 kernels can beat its f32 ones",
+                            cpu.int8_reason()
                         );
+                        return if has(Variant::Fp32) {
+                            measure(RunVariant::Int8, why)
+                        } else {
+                            pick(RunVariant::Int8, why)
+                        };
                     }
                     if cpu.has_f16_arithmetic() && has(Variant::Fp32) {
                         return pick(
@@ -268,7 +289,12 @@ pub fn choose(
                     )
                 }
                 EngineKind::Onnxruntime => {
-                    if has(Variant::Int8) {
+                    if has(Variant::Int8) && has(Variant::Fp32) {
+                        measure(
+                            RunVariant::Int8,
+                            "the bundle has int8 files made for onnxruntime".into(),
+                        )
+                    } else if has(Variant::Int8) {
                         pick(
                             RunVariant::Int8,
                             "the bundle has int8 files made for onnxruntime".into(),

@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use std::collections::BTreeMap;
+
+use super::calibrate::{self, EngineTiming, Measured};
 use super::memory::{self, ModelMemory};
 use super::{BuildError, ModelInfo, Prompts, Runtime, RuntimeOptions, ShmTarget};
 use crate::budget::MemoryPlan;
 use crate::config::Config;
 use crate::infer::select::{self, CpuFeatures};
-use crate::infer::{EngineSettings, InferenceEngine};
+use crate::infer::{EngineSettings, InferenceEngine, RunVariant};
 use crate::manifest::{Manifest, ModelRole};
 use crate::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
 use crate::prompts::{
@@ -38,12 +41,16 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
     let with_shm = options.shm != ShmTarget::Off;
     // Refuse a configuration that cannot fit before loading the models, then again with their plans.
     estimate(config, &manifest, &selected, with_shm)?;
-    let engine = engine(&manifest, &selected)?;
+    let (engine, selected, timing) = engine(config, &manifest, selected, options.remeasure)?;
     tracing::info!(
         model = %manifest.name,
         engine = %engine.info(),
+        why = %selected.reason,
+        encoder_p50_ms = timing.encoder.p50_ms,
+        resampler_p50_ms = timing.resampler.p50_ms,
         "models loaded"
     );
+    let deadlines = deadlines(config, &manifest, &timing)?;
     let source = prompt_source(config, &manifest, &selected)?;
     let plan = plan(
         config,
@@ -71,7 +78,7 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LogSink::new())];
     let mut pipeline = Pipeline::new(
-        settings(config, options.max_frames),
+        settings(config, deadlines, options.max_frames),
         cameras,
         engine,
         &manifest.preprocess,
@@ -165,6 +172,8 @@ pub struct Selected {
     pub reason: String,
     /// The CPU features tract uses (after `model.cpu-isa`).
     pub cpu: CpuFeatures,
+    /// Variants `auto` measures before keeping the fastest (see [`super::calibrate`]).
+    pub candidates: Vec<RunVariant>,
 }
 
 /// Phase 2b: `model.cpu-isa` applied, the CPU's features read, `model.variant` resolved for the engine.
@@ -186,6 +195,7 @@ pub fn select_engine(config: &Config, manifest: &Manifest) -> Result<Selected, B
         },
         reason: choice.reason,
         cpu,
+        candidates: choice.candidates,
     })
 }
 
@@ -196,23 +206,164 @@ pub(super) fn estimate(
     selected: &Selected,
     with_shm: bool,
 ) -> Result<MemoryPlan, BuildError> {
-    let plan = memory::plan(
-        config,
-        manifest,
-        selected.settings.variant.file_variant(),
-        with_shm,
-        None,
-    );
+    // With candidates to measure, each is loaded in turn: plan for the heaviest.
+    let variant = std::iter::once(selected.settings.variant)
+        .chain(selected.candidates.iter().copied())
+        .map(|v| v.file_variant())
+        .max_by_key(|&v| {
+            [ModelRole::Vision, ModelRole::Resampler]
+                .iter()
+                .filter_map(|&r| manifest.file_for(r, v, selected.settings.engine))
+                .map(|f| f.size)
+                .sum::<u64>()
+        })
+        .unwrap_or(selected.settings.variant.file_variant());
+    let plan = memory::plan(config, manifest, variant, with_shm, None);
     plan.check().map_err(BuildError::config)?;
     Ok(plan)
 }
 
-/// Phase 4: the vision encoder and resampler, verified, loaded and planned.
+/// Phase 4: the vision encoder and resampler, verified, loaded and planned, with their times on this machine.
+/// When `auto` left candidates to measure (see [`super::calibrate`]), each is loaded and timed and the fastest
+/// kept, unless the measurements file remembers the answer (`remeasure` ignores it). The times come from
+/// those runs or the file; a model not measured before is timed once and remembered.
 pub(super) fn engine(
+    config: &Config,
     manifest: &Manifest,
-    selected: &Selected,
-) -> Result<Box<dyn InferenceEngine>, BuildError> {
-    crate::infer::load(manifest, &selected.settings).map_err(BuildError::config)
+    mut selected: Selected,
+    remeasure: bool,
+) -> Result<(Box<dyn InferenceEngine>, Selected, EngineTiming), BuildError> {
+    let s = &selected.settings;
+    let candidates = if selected.candidates.len() > 1 {
+        selected.candidates.clone()
+    } else {
+        vec![s.variant]
+    };
+    let key = calibrate::key(
+        manifest,
+        s.engine,
+        s.threads,
+        &selected.cpu.to_string(),
+        &candidates,
+    );
+    let path = calibrate::measurements_path(config);
+    let recalled = match (&path, remeasure) {
+        (Some(p), false) => calibrate::recall(p, &key),
+        _ => None,
+    };
+    let base = selected.settings.clone();
+    let load = |variant: RunVariant| {
+        let settings = EngineSettings {
+            variant,
+            ..base.clone()
+        };
+        crate::infer::load(manifest, &settings).map_err(BuildError::config)
+    };
+    let time = |engine: &mut Box<dyn InferenceEngine>| {
+        calibrate::time_engine(engine.as_mut(), calibrate::ENGINE_RUNS)
+            .map_err(|e| BuildError::config(format!("measuring the model: {e}")))
+    };
+    if let Some(m) = recalled
+        .as_ref()
+        .filter(|m| candidates.iter().any(|v| v.name() == m.variant.as_str()))
+    {
+        let variant = *candidates
+            .iter()
+            .find(|v| v.name() == m.variant.as_str())
+            .unwrap_or(&selected.settings.variant);
+        if candidates.len() > 1 {
+            selected.reason = format!(
+                "{}; measured here before: {}",
+                selected.reason,
+                summary(&m.p50_ms)
+            );
+        }
+        selected.settings.variant = variant;
+        let engine = load(variant)?;
+        return Ok((engine, selected, m.timing));
+    }
+    let mut best: Option<(Box<dyn InferenceEngine>, RunVariant, EngineTiming)> = None;
+    let mut p50 = BTreeMap::new();
+    for &variant in &candidates {
+        let mut engine = load(variant)?;
+        let timing = time(&mut engine)?;
+        p50.insert(variant.to_string(), timing.p50_ms());
+        if best
+            .as_ref()
+            .is_none_or(|(_, _, b)| timing.p50_ms() < b.p50_ms())
+        {
+            best = Some((engine, variant, timing));
+        }
+    }
+    let Some((engine, variant, timing)) = best else {
+        return Err(BuildError::config("no variant to load"));
+    };
+    if candidates.len() > 1 {
+        selected.reason = format!("{}; measured here: {}", selected.reason, summary(&p50));
+    }
+    selected.settings.variant = variant;
+    if let Some(path) = &path {
+        let m = Measured {
+            key,
+            model: manifest.name.clone(),
+            variant: variant.to_string(),
+            p50_ms: p50,
+            timing,
+        };
+        match calibrate::remember(path, m) {
+            Ok(()) => tracing::debug!(file = %path.display(), "model times remembered"),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remember the model's measured times; they will be measured again at the next start (set model.measurements to a writable file)")
+            }
+        }
+    }
+    Ok((engine, selected, timing))
+}
+
+/// "fp32 3.1 ms, int8 12.4 ms": the candidates' medians, fastest first.
+fn summary(p50: &BTreeMap<String, f64>) -> String {
+    let mut v: Vec<(&String, &f64)> = p50.iter().collect();
+    v.sort_by(|a, b| a.1.total_cmp(b.1));
+    v.iter()
+        .map(|(k, ms)| format!("{k} {ms:.2} ms"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Phase 4b: the deadlines (those `[budgets]` leaves out derived from the measured times, see
+/// [`super::calibrate`]), with the preparer timed on each camera's frames.
+pub(super) fn deadlines(
+    config: &Config,
+    manifest: &Manifest,
+    timing: &EngineTiming,
+) -> Result<Deadlines, BuildError> {
+    let prepare = config
+        .cameras
+        .iter()
+        .enumerate()
+        .map(|(i, cam)| {
+            calibrate::time_preparer(manifest, cam, calibrate::PREPARE_RUNS).map_err(|e| {
+                BuildError::config(format!(
+                    "config {}: camera[{i}] ({}): cannot prepare its frames for the model: {e}",
+                    config.origin, cam.name
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (d, derived) = calibrate::deadlines(config, &prepare, timing);
+    let ms = |s: Stage| d.stage_ns[s.index()] as f64 / 1e6;
+    if derived.iter().any(|&x| x) {
+        tracing::info!(
+            dequeue_ms = ms(Stage::Dequeue),
+            prepare_ms = ms(Stage::Prepare),
+            encoder_ms = ms(Stage::Encoder),
+            resampler_ms = ms(Stage::Resampler),
+            publish_ms = ms(Stage::Publish),
+            end_to_end_ms = ms(Stage::EndToEnd),
+            "deadlines ([budgets] left out derived from the model's times measured here)"
+        );
+    }
+    Ok(d)
 }
 
 /// What frames are scored against: prompts through the bundle's text encoder, the bundle's few-shot
@@ -383,17 +534,14 @@ pub(super) fn open_camera(config: &Config, index: usize) -> Result<CameraSpec, B
     })
 }
 
-/// The pipeline's settings from the configuration.
-pub(super) fn settings(config: &Config, max_frames: Option<u64>) -> PipelineSettings {
-    let b = &config.budgets;
+/// The pipeline's settings from the configuration and the deadlines.
+pub(super) fn settings(
+    config: &Config,
+    deadlines: Deadlines,
+    max_frames: Option<u64>,
+) -> PipelineSettings {
     PipelineSettings {
-        deadlines: Deadlines::default()
-            .with(Stage::Dequeue, Some(b.dequeue))
-            .with(Stage::Prepare, Some(b.prepare))
-            .with(Stage::Encoder, Some(b.encoder))
-            .with(Stage::Resampler, Some(b.resampler))
-            .with(Stage::Publish, Some(b.publish))
-            .with(Stage::EndToEnd, Some(b.end_to_end)),
+        deadlines,
         max_frames,
         max_prompts: config.prompts.max,
         realtime: config.realtime.clone(),

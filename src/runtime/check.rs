@@ -17,12 +17,47 @@ pub struct CheckReport {
     pub problems: Vec<String>,
     /// The memory plan with the planned models, when they loaded.
     pub plan: Option<MemoryPlan>,
+    /// The deadlines in force, as a `[budgets]` table to put in the config (derived ones marked).
+    pub budgets: Option<String>,
+}
+
+/// The deadlines as a `[budgets]` table, each derived one marked as measured.
+fn budgets_table(config: &Config, d: &crate::pipeline::Deadlines) -> String {
+    use crate::stats::Stage;
+    let b = &config.budgets;
+    let mut out = format!("[budgets]\nmemory-mib = {}\n", b.memory_mib);
+    for (key, stage, given) in [
+        ("dequeue-ms", Stage::Dequeue, b.dequeue),
+        ("prepare-ms", Stage::Prepare, b.prepare),
+        ("encoder-ms", Stage::Encoder, b.encoder),
+        ("resampler-ms", Stage::Resampler, b.resampler),
+        ("publish-ms", Stage::Publish, b.publish),
+        ("end-to-end-ms", Stage::EndToEnd, b.end_to_end),
+    ] {
+        let ms = d.stage_ns[stage.index()] as f64 / 1e6;
+        let note = if given.is_some() {
+            "from the config"
+        } else {
+            "derived from the times measured here"
+        };
+        out.push_str(&format!(
+            "{key} = {:.1}   # {note}\n",
+            (ms * 10.0).ceil() / 10.0
+        ));
+    }
+    out
 }
 
 /// Runs the start-up phases of [`super::Runtime::build`] against `config` without starting anything:
 /// the prompts, each camera (opened, started and stopped, which checks that it delivers the configured
 /// format and size), the manifest and its files, the preparers, the models, the memory plan.
 pub fn check(config: &Config) -> CheckReport {
+    check_with(config, false)
+}
+
+/// [`check`], and with `measure` the model's times measured again (ignoring the measurements file) and the
+/// deadlines they give printed as a `[budgets]` table ([`CheckReport::budgets`]).
+pub fn check_with(config: &Config, measure: bool) -> CheckReport {
     let mut r = CheckReport::default();
     if let Err(e) = config.require_cameras() {
         r.problems.push(e.to_string());
@@ -68,10 +103,20 @@ pub fn check(config: &Config) -> CheckReport {
         }
     };
     r.ok.push(format!("CPU features tract uses: {}", selected.cpu));
-    r.ok.push(format!(
-        "engine {}, variant {} ({})",
-        selected.settings.engine, selected.settings.variant, selected.reason
-    ));
+    if selected.candidates.len() > 1 {
+        let names: Vec<&str> = selected.candidates.iter().map(|v| v.name()).collect();
+        r.ok.push(format!(
+            "engine {}, variant auto: measures {} on this machine and keeps the fastest ({})",
+            selected.settings.engine,
+            names.join(" and "),
+            selected.reason
+        ));
+    } else {
+        r.ok.push(format!(
+            "engine {}, variant {} ({})",
+            selected.settings.engine, selected.settings.variant, selected.reason
+        ));
+    }
     let variant = selected.settings.variant.file_variant();
     if let Err(e) = build::estimate(config, &manifest, &selected, true) {
         r.problems.push(e.message);
@@ -94,9 +139,22 @@ pub fn check(config: &Config) -> CheckReport {
             ));
         }
     }
-    let engine = match build::engine(&manifest, &selected) {
-        Ok(engine) => {
+    let engine = match build::engine(config, &manifest, selected.clone(), measure) {
+        Ok((engine, chosen, timing)) => {
             r.ok.push("vision encoder and resampler load and plan".into());
+            r.ok.push(format!(
+                "runs {} ({}); encoder p50 {:.2} ms (max {:.2}), resampler p50 {:.2} ms (max {:.2}) on this machine",
+                engine.info(),
+                chosen.reason,
+                timing.encoder.p50_ms,
+                timing.encoder.max_ms,
+                timing.resampler.p50_ms,
+                timing.resampler.max_ms
+            ));
+            match build::deadlines(config, &manifest, &timing) {
+                Ok(d) => r.budgets = Some(budgets_table(config, &d)),
+                Err(e) => r.problems.push(e.message),
+            }
             Some(engine)
         }
         Err(e) => {

@@ -17,6 +17,7 @@
 //! code: a configuration or bundle a person must fix (2), or a failure of the system (1).
 
 mod build;
+pub mod calibrate;
 mod check;
 pub mod memory;
 
@@ -34,7 +35,7 @@ use crate::sink::Sink;
 use crate::stats::Stats;
 
 pub use build::{probe_camera, prompt_source, select_engine, PromptSource, Selected};
-pub use check::{check, CheckReport};
+pub use check::{check, check_with, CheckReport};
 pub use memory::Taken;
 
 /// What kind of failure a [`BuildError`] is; the `ocellus` binary's exit code comes from it.
@@ -112,6 +113,8 @@ pub struct RuntimeOptions {
     /// Reserve the frame-path region and lock memory ([`memory::take`]); a program that builds several
     /// runtimes in one process (the tests) reserves once.
     pub take_memory: bool,
+    /// Measure the model again even if the measurements file remembers it ([`calibrate`]).
+    pub remeasure: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -121,6 +124,7 @@ impl Default for RuntimeOptions {
             shm: ShmTarget::Config,
             extra_sinks: Vec::new(),
             take_memory: true,
+            remeasure: false,
         }
     }
 }
