@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::manifest::{EngineKind, Manifest, ModelRole};
 
 pub use plan::PlanMemory;
-pub(crate) use plan::{Executor, Planned};
+pub(crate) use plan::{Executor, Planned, Precision};
 pub use select::{RunVariant, VariantChoice};
 pub use tract::TractEngine;
 pub(crate) use verify::{check_file, check_manifest, read_verified};

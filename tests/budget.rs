@@ -173,30 +173,64 @@ fn a_budget_too_small_is_refused_before_anything_runs_with_each_part() {
     );
 }
 
+/// The plan is checked twice: from the files before anything is loaded, then with what only the planned
+/// models tell (the frame-path region measured for them, the text encoder's run). A budget between the two
+/// passes the first and is refused by the second, naming the planned parts.
 #[test]
 fn a_budget_that_only_the_planned_models_exceed_is_refused_after_planning() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fits = ocellus(&["check", "--config", &write_config(dir.path(), 512, "x")]);
-    let stdout = text(&fits.stdout);
-    assert!(fits.status.success(), "{}", text(&fits.stderr));
-    let total = plan_line(&stdout, "total");
-    let tract = plan_line(&stdout, "tract working memory");
-    assert!(
-        tract >= 2 * MIB,
-        "the region is at least its slack: {tract}"
+    use ocellus::infer::{EngineMemory, FileSize, PlanMemory};
+    use ocellus::manifest::ModelRole;
+    use ocellus::runtime::memory::ModelMemory;
+    let manifest =
+        Manifest::load(&root().join("models/demo/manifest.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let estimate = memory::plan(
+        &config(1, "yuyv", 640, 480, ""),
+        &manifest,
+        Variant::Fp32,
+        true,
+        None,
     );
-    // Above what is known before the models are planned, below the planned total.
-    let mib = (total - tract / 2) / MIB;
-    let out = ocellus(&["check", "--config", &write_config(dir.path(), mib, "x")]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("tract working memory region for the per-run tensors"),
-        "{stderr}"
+    let file = |role| FileSize {
+        role,
+        variant: Variant::Fp32,
+        path: "x.onnx".into(),
+        file_bytes: 1 << 20,
+        weight_bytes: 1 << 20,
+    };
+    let engine = EngineMemory {
+        files: vec![file(ModelRole::Vision), file(ModelRole::Resampler)],
+        encoder: PlanMemory::default(),
+        resampler: PlanMemory::default(),
+        output_bytes: 1024,
+    };
+    let models = ModelMemory {
+        engine: &engine,
+        text_files: &[],
+        text_run: PlanMemory {
+            tensor_bytes: 4 * MIB,
+            ..PlanMemory::default()
+        },
+        measured_region: 24 * MIB,
+    };
+    // A budget 8 MiB above the estimate: the measured region alone is 24 MiB.
+    let budget = estimate.total_bytes() / MIB + 8;
+    let config = config(
+        1,
+        "yuyv",
+        640,
+        480,
+        &format!("[budgets]\nmemory-mib = {budget}\n"),
     );
+    let estimate = memory::plan(&config, &manifest, Variant::Fp32, true, None);
+    estimate.check().expect("the estimate fits");
+    let planned = memory::plan(&config, &manifest, Variant::Fp32, true, Some(&models));
+    let err = planned.check().expect_err("the planned models do not fit");
+    let message = err.to_string();
+    assert!(message.contains("tract working memory region"), "{message}");
+    assert!(message.contains("text encoder runs"), "{message}");
     assert!(
-        !stderr.contains("before the models are planned"),
-        "{stderr}"
+        !message.contains("before the models are planned"),
+        "{message}"
     );
 }
 

@@ -159,6 +159,31 @@ pub fn check_isa_spec(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets up the instruction set tract will use, before it probes the machine: what the kernel's hardware
+/// capabilities say (std's feature detection reads them) where tract's probe would miss it, then the user's
+/// `model.cpu-isa` edits on top. tract reads arm64 fp16 from the `Features` line of /proc/cpuinfo, which
+/// user-mode emulation (qemu-user) and some containers do not provide; the hwcaps are the truth there.
+pub fn prepare_isa(user: Option<&str>) -> Result<(), String> {
+    let mut spec: Vec<String> = Vec::new();
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            spec.push("+fp16".into());
+        }
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            spec.push("+dotprod".into());
+        }
+    }
+    if let Some(user) = user {
+        check_isa_spec(user)?;
+        spec.push(user.to_owned());
+    }
+    if spec.is_empty() {
+        return Ok(());
+    }
+    force_isa(&spec.join(","))
+}
+
 /// Applies `model.cpu-isa` (tract's `TRACT_CPU_ISA` syntax: comma-separated features, `-` removes, `+` adds)
 /// before tract probes the machine. Must run before any model is loaded; fails if tract has probed already
 /// with another setting, or a token is not a feature tract knows.
@@ -255,38 +280,51 @@ pub fn choose(
             };
             match engine {
                 EngineKind::Tract => {
+                    // Every variant that can be fast here is a candidate; more than one are measured.
+                    let mut candidates = Vec::new();
+                    let mut why = Vec::new();
                     if cpu.int8_is_fast() && has(Variant::Int8) {
-                        let why = format!(
+                        candidates.push(RunVariant::Int8);
+                        why.push(format!(
                             "this CPU has {}: tract's int8 kernels can beat its f32 ones",
                             cpu.int8_reason()
-                        );
-                        return if has(Variant::Fp32) {
-                            measure(RunVariant::Int8, why)
-                        } else {
-                            pick(RunVariant::Int8, why)
-                        };
+                        ));
                     }
                     if cpu.has_f16_arithmetic() && has(Variant::Fp32) {
-                        return pick(
-                            RunVariant::F16,
-                            "this CPU computes in f16 (arm64 fp16): the fp32 files translated to f16".into(),
+                        candidates.push(RunVariant::F16);
+                        why.push(
+                            "it computes in f16 (arm64 fp16): the fp32 files can run translated to f16"
+                                .into(),
                         );
                     }
                     if has(Variant::Fp32) {
-                        let why = if cpu.int8_is_fast() {
-                            "the bundle has no int8 files for tract".to_owned()
-                        } else {
-                            format!(
+                        candidates.push(RunVariant::Fp32);
+                        if !cpu.int8_is_fast() {
+                            why.push(format!(
                                 "this CPU has {}: tract's int8 runs slower than its fp32 here",
                                 cpu.int8_reason()
-                            )
-                        };
-                        return pick(RunVariant::Fp32, why);
+                            ));
+                        } else if !has(Variant::Int8) {
+                            why.push("the bundle has no int8 files for tract".into());
+                        }
                     }
-                    pick(
-                        RunVariant::Int8,
-                        "the bundle has int8 files only (they may run slowly on this CPU)".into(),
-                    )
+                    if candidates.is_empty() {
+                        return pick(
+                            RunVariant::Int8,
+                            "the bundle has int8 files only (they may run slowly on this CPU)"
+                                .into(),
+                        );
+                    }
+                    let first = candidates[0];
+                    Ok(Choice {
+                        variant: first,
+                        reason: why.join("; "),
+                        candidates: if candidates.len() > 1 {
+                            candidates
+                        } else {
+                            Vec::new()
+                        },
+                    })
                 }
                 EngineKind::Onnxruntime => {
                     if has(Variant::Int8) && has(Variant::Fp32) {

@@ -53,7 +53,7 @@ pub(super) fn capture_loop(
     let mut waiting = false;
     while running.load(Relaxed) {
         if !started {
-            match cap.source.start() {
+            match start_outside_region(cap.source.as_mut()) {
                 Ok(()) => {
                     started = true;
                     waiting = false;
@@ -181,4 +181,18 @@ pub(super) fn capture_loop(
     if started {
         cap.source.stop();
     }
+}
+
+/// Starts (or reopens) `source` with this thread's allocations served by the system allocator, not the
+/// frame-path region: a source allocates its buffers in `start` (the synthetic camera's render, a V4L2
+/// device's bookkeeping), once per start, which is not the steady frame path the region is sized for (the
+/// memory plan counts them as the camera's own part).
+fn start_outside_region(source: &mut dyn FrameSource) -> Result<(), SourceError> {
+    let role = crate::alloc::current_role();
+    crate::alloc::unregister_thread();
+    let r = source.start();
+    if let Some(role) = role {
+        crate::alloc::register_thread(role);
+    }
+    r
 }

@@ -26,6 +26,9 @@ use crate::stats::Stage;
 
 pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime, BuildError> {
     config.require_cameras().map_err(BuildError::config)?;
+    if options.take_memory {
+        crate::alloc::limit_system_arenas();
+    }
     let manifest = manifest(config)?;
     for index in 0..config.cameras.len() {
         probe_camera(config, index)?;
@@ -59,6 +62,7 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
         with_shm,
         engine.as_ref(),
         &source,
+        timing.region_bytes,
     )?;
     let prompts = prompts(config, source, engine.embed_dim())?;
 
@@ -179,11 +183,8 @@ pub struct Selected {
 /// Phase 2b: `model.cpu-isa` applied, the CPU's features read, `model.variant` resolved for the engine.
 pub fn select_engine(config: &Config, manifest: &Manifest) -> Result<Selected, BuildError> {
     let m = &config.model;
-    if let Some(spec) = &m.cpu_isa {
-        select::force_isa(spec).map_err(|e| {
-            BuildError::config(format!("config {}: model.cpu-isa: {e}", config.origin))
-        })?;
-    }
+    select::prepare_isa(m.cpu_isa.as_deref())
+        .map_err(|e| BuildError::config(format!("config {}: model.cpu-isa: {e}", config.origin)))?;
     let cpu = CpuFeatures::native();
     let choice = select::choose(m.variant, manifest, m.engine, &cpu)
         .map_err(|e| BuildError::config(format!("config {}: model.variant: {e}", config.origin)))?;
@@ -285,7 +286,15 @@ pub(super) fn engine(
     let mut best: Option<(Box<dyn InferenceEngine>, RunVariant, EngineTiming)> = None;
     let mut p50 = BTreeMap::new();
     for &variant in &candidates {
-        let mut engine = load(variant)?;
+        let mut engine = match load(variant) {
+            Ok(e) => e,
+            // f16 is a candidate only if its outputs stay close enough to fp32 for this bundle.
+            Err(e) if variant == RunVariant::F16 && candidates.len() > 1 => {
+                tracing::warn!(error = %e, "f16 left out");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let timing = time(&mut engine)?;
         p50.insert(variant.to_string(), timing.p50_ms());
         if best
@@ -497,6 +506,7 @@ pub(super) fn plan(
     with_shm: bool,
     engine: &dyn InferenceEngine,
     source: &PromptSource,
+    measured_region: u64,
 ) -> Result<MemoryPlan, BuildError> {
     let (text_files, text_run) = match source {
         PromptSource::Text(encoder) => (encoder.files(), encoder.memory()),
@@ -506,6 +516,7 @@ pub(super) fn plan(
         engine: engine.memory(),
         text_files,
         text_run,
+        measured_region,
     };
     let plan = memory::plan(
         config,

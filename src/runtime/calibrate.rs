@@ -62,11 +62,14 @@ impl Timing {
     }
 }
 
-/// The engine's measured times for one variant.
+/// The engine's measured times for one variant, and the frame-path memory its runs need.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EngineTiming {
     pub encoder: Timing,
     pub resampler: Timing,
+    /// What the frame-path region carves to serve the engine's runs (`alloc::trace`): 0 if not measured.
+    #[serde(default)]
+    pub region_bytes: u64,
 }
 
 impl EngineTiming {
@@ -76,8 +79,34 @@ impl EngineTiming {
     }
 }
 
-/// Runs `engine` on a fixed input: [`ENGINE_WARMUP`] untimed runs, then `runs` timed ones.
+/// Runs `engine` on a fixed input: [`ENGINE_WARMUP`] untimed runs, then `runs` timed ones, as the frame path
+/// runs it (on a thread registered as the inference thread, so the frame-path region it will need is traced).
 pub fn time_engine(
+    engine: &mut dyn InferenceEngine,
+    runs: usize,
+) -> Result<EngineTiming, crate::infer::InferError> {
+    // On a fresh thread, as the inference thread will be: thread-local scratch (tract's matrix-product
+    // packing buffers) is made during the trace and counted, not inherited from earlier work on this thread.
+    let (timing, region_bytes) = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("ocellus-calibrate".into())
+            .spawn_scoped(scope, || {
+                crate::alloc::trace(|| time_engine_untraced(engine, runs))
+            })
+            .map(|h| h.join())
+    })
+    .map_err(|e| crate::infer::InferError::Tract {
+        role: crate::manifest::ModelRole::Vision,
+        message: format!("cannot start the calibration thread: {e}"),
+    })?
+    .map_err(|_| crate::infer::InferError::Tract {
+        role: crate::manifest::ModelRole::Vision,
+        message: "the calibration thread panicked".into(),
+    })?;
+    timing.map(|t| EngineTiming { region_bytes, ..t })
+}
+
+fn time_engine_untraced(
     engine: &mut dyn InferenceEngine,
     runs: usize,
 ) -> Result<EngineTiming, crate::infer::InferError> {
@@ -96,6 +125,7 @@ pub fn time_engine(
     Ok(EngineTiming {
         encoder: Timing::of(enc),
         resampler: Timing::of(res),
+        region_bytes: 0,
     })
 }
 
@@ -241,7 +271,7 @@ pub fn key(
     cpu: &str,
     candidates: &[RunVariant],
 ) -> String {
-    let mut key = format!("{engine}|threads={threads}|{cpu}");
+    let mut key = format!("v2|{engine}|threads={threads}|{cpu}");
     for &v in candidates {
         for role in [ModelRole::Vision, ModelRole::Resampler] {
             let sha = manifest
@@ -302,11 +332,15 @@ mod tests {
         let engine = EngineTiming {
             encoder: t(8.0, 10.0),
             resampler: t(1.0, 2.0),
+            region_bytes: 0,
         };
         let (d, derived) = deadlines(&config(""), &[t(0.5, 1.0), t(0.7, 2.0)], &engine);
         let ms = |s: Stage| d.stage_ns[s.index()] as f64 / 1e6;
         let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
-        assert!(close(ms(Stage::Prepare), 1.5 * 2.0 + 1.0), "the slowest camera's");
+        assert!(
+            close(ms(Stage::Prepare), 1.5 * 2.0 + 1.0),
+            "the slowest camera's"
+        );
         assert!(close(ms(Stage::Encoder), 1.5 * 10.0 + 1.0));
         assert!(close(ms(Stage::Resampler), 1.5 * 2.0 + 1.0));
         assert!(close(ms(Stage::Publish), 2.0));
@@ -337,13 +371,17 @@ mod tests {
             timing: EngineTiming {
                 encoder: t(2.0, 2.2),
                 resampler: t(0.5, 0.6),
+                region_bytes: 1 << 20,
             },
         };
         remember(&path, m("k1", "fp32")).expect("write");
         remember(&path, m("k2", "int8")).expect("write");
         remember(&path, m("k1", "int8")).expect("replace");
         assert_eq!(recall(&path, "k1").map(|m| m.variant), Some("int8".into()));
-        assert_eq!(recall(&path, "k2").map(|m| m.timing.encoder.max_ms), Some(2.2));
+        assert_eq!(
+            recall(&path, "k2").map(|m| m.timing.encoder.max_ms),
+            Some(2.2)
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -139,8 +139,10 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
             ));
         }
     }
+    let mut measured_region = 0;
     let engine = match build::engine(config, &manifest, selected.clone(), measure) {
         Ok((engine, chosen, timing)) => {
+            measured_region = timing.region_bytes;
             r.ok.push("vision encoder and resampler load and plan".into());
             r.ok.push(format!(
                 "runs {} ({}); encoder p50 {:.2} ms (max {:.2}), resampler p50 {:.2} ms (max {:.2}) on this machine",
@@ -165,7 +167,15 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
     match build::prompt_source(config, &manifest, &selected) {
         Ok(mut source) => {
             if let Some(engine) = &engine {
-                match build::plan(config, &manifest, &selected, true, engine.as_ref(), &source) {
+                match build::plan(
+                    config,
+                    &manifest,
+                    &selected,
+                    true,
+                    engine.as_ref(),
+                    &source,
+                    measured_region,
+                ) {
                     Ok(plan) => {
                         r.ok.push(format!(
                             "memory plan fits: {:.1} of {} MiB (budgets.memory-mib)",

@@ -17,6 +17,29 @@ pub struct ModelMemory<'a> {
     pub engine: &'a EngineMemory,
     pub text_files: &'a [FileSize],
     pub text_run: PlanMemory,
+    /// What the frame-path region carved serving the engine's calibration runs (`alloc::trace`); 0: not
+    /// measured (the region is then sized from the planned tensors, an overestimate).
+    pub measured_region: u64,
+}
+
+/// Headroom on a measured region, besides a sixteenth for alignment padding between blocks: the small
+/// allocations of the rest of the frame path. (Measured: the demo and the tiny HF bundle, fp32 and int8, 1
+/// and 2 threads, need 1.09-1.39x less than the region this sizes; docs/memory.md.)
+pub const MEASURED_REGION_SLACK: u64 = 16 * 1024;
+
+/// What the capture threads allocate per frame, served by the region: the synthetic camera's MJPEG
+/// encoder (its compressed output and scratch; measured at 26 KiB for 640x480, this allows a quarter byte
+/// per pixel and 64 KiB).
+fn capture_region_bytes(config: &Config) -> u64 {
+    config
+        .cameras
+        .iter()
+        .filter(|c| {
+            c.format == crate::frame::PixelFormat::Mjpeg
+                && matches!(c.source, crate::source::SourceSettings::Synthetic { .. })
+        })
+        .map(|c| c.width as u64 * c.height as u64 / 4 + 64 * 1024)
+        .sum()
 }
 
 /// The plan of `config` with `manifest`'s models of file `variant`: from the manifest alone (`models` = `None`, before any
@@ -100,15 +123,41 @@ pub fn plan(
 
     let fixed = config.memory.arena_mib.map(|m| m * MIB);
     let (arena, detail) = match (models, fixed) {
+        (Some(m), _) if m.measured_region > 0 => {
+            let capture = capture_region_bytes(config);
+            let arena = fixed.unwrap_or(
+                m.measured_region + m.measured_region / 16 + MEASURED_REGION_SLACK + capture,
+            );
+            (
+                arena,
+                format!(
+                    "region: the engine's runs carved {} measured here, + 1/16 + {}{}{}",
+                    human(m.measured_region),
+                    human(MEASURED_REGION_SLACK),
+                    if capture > 0 {
+                        format!(" + capture {}", human(capture))
+                    } else {
+                        String::new()
+                    },
+                    if fixed.is_some() {
+                        "; memory.arena-mib overrides it"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }
         (Some(m), _) => {
             let e = m.engine;
             let arena = fixed.unwrap_or_else(|| e.arena_bytes());
             (
                 arena,
                 format!(
-                    "region for the per-run tensors of encoder {} + resampler {} (planned), x{:.2} + {}{}",
+                    "region for the per-run tensors of encoder {} (peak live {}) + resampler {} (peak live {}) (planned), x{:.2} + {}{}",
                     human(e.encoder.tensor_bytes),
+                    human(e.encoder.peak_live_bytes),
                     human(e.resampler.tensor_bytes),
+                    human(e.resampler.peak_live_bytes),
                     ARENA_TENSOR_PERCENT as f64 / 100.0,
                     human(ARENA_SLACK_BYTES),
                     if fixed.is_some() {
