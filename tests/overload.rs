@@ -46,23 +46,22 @@ fn four_overloading_cameras_are_all_served_with_bounded_age_and_counted_drops() 
     runtime.start().unwrap_or_else(|e| panic!("{e}"));
     let stats = std::sync::Arc::clone(runtime.stats());
     let rss = || ocellus::alloc::process_memory().map_or(0, |m| m.rss);
-    let (mut early, mut late) = (0u64, 0u64);
+    let mut early = 0u64;
     let watchdog = Instant::now() + Duration::from_secs(600);
-    loop {
+    let late = loop {
         let n = stats.total(|c| &c.processed);
         if n >= FRAMES / 4 && early == 0 {
             early = rss();
         }
         if n >= FRAMES {
-            late = rss();
-            break;
+            break rss();
         }
         assert!(
             Instant::now() < watchdog,
             "watchdog: {n} of {FRAMES} frames"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     runtime.stop();
 
     let summary = stats.summary();
