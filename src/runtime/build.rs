@@ -39,6 +39,8 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
         variant = %selected.settings.variant,
         why = %selected.reason,
         cpu = %selected.cpu,
+        threads = config.model.threads,
+        threads_why = config.model.threads_origin.reason(),
         "inference variant chosen"
     );
     let with_shm = options.shm != ShmTarget::Off;

@@ -117,6 +117,11 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
             selected.settings.engine, selected.settings.variant, selected.reason
         ));
     }
+    r.ok.push(format!(
+        "inference threads: {} ({})",
+        config.model.threads,
+        config.model.threads_origin.reason()
+    ));
     let variant = selected.settings.variant.file_variant();
     if let Err(e) = build::estimate(config, &manifest, &selected, true) {
         r.problems.push(e.message);
