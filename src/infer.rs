@@ -28,8 +28,8 @@ pub use plan::PlanMemory;
 pub(crate) use plan::{Executor, Planned, Precision};
 pub use select::{RunVariant, VariantChoice};
 pub use tract::TractEngine;
+pub use verify::{check_consistency, file_sizes, verify, verify_path, FileSize, LoadError};
 pub(crate) use verify::{check_file, check_manifest, read_verified};
-pub use verify::{file_sizes, verify, verify_path, FileSize, LoadError};
 
 /// The vision encoder's and resampler's results for one frame; allocated once, overwritten every frame.
 #[derive(Debug, Clone, PartialEq)]

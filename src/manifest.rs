@@ -298,7 +298,13 @@ impl Manifest {
             path: path.to_owned(),
             source,
         })?;
-        let mut manifest: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Invalid {
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses `text` as the manifest at `path` (errors name it; file paths are relative to its directory), as
+    /// [`Manifest::load`] does once it has read the file.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let mut manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Invalid {
             path: path.to_owned(),
             message: e.to_string(),
         })?;

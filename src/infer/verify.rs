@@ -108,15 +108,25 @@ pub fn verify_path(manifest: &Path, variant: Variant) -> Result<Manifest, LoadEr
 /// Verifies like [`verify`] and returns the size of each file (vision, resampler, and text unless the bundle
 /// is vision-only).
 pub fn file_sizes(manifest: &Manifest, variant: Variant) -> Result<Vec<FileSize>, LoadError> {
+    let roles = check_consistency(manifest, variant)?;
+    roles
+        .iter()
+        .map(|&role| read_verified(manifest, role, variant).map(|v| v.size))
+        .collect()
+}
+
+/// Layer 1 alone: the entries of `variant` (vision, resampler and, unless the bundle is vision-only, text) against
+/// the fixed tensor names and each other, reading no file. Returns the roles checked.
+pub fn check_consistency(
+    manifest: &Manifest,
+    variant: Variant,
+) -> Result<Vec<ModelRole>, LoadError> {
     let mut roles = vec![ModelRole::Vision, ModelRole::Resampler];
     if manifest.text.is_some() {
         roles.push(ModelRole::Text);
     }
     check_manifest(manifest, variant, &roles)?;
-    roles
-        .iter()
-        .map(|&role| read_verified(manifest, role, variant).map(|v| v.size))
-        .collect()
+    Ok(roles)
 }
 
 pub(crate) fn entry(
