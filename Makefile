@@ -136,3 +136,47 @@ bench:
 
 bench-criterion:
 	cargo bench --locked --workspace
+
+# --- Fuzzing (docs/fuzzing.md) ------------------------------------------------------------------------------------
+# cargo-fuzz targets: the runtime's inputs in fuzz/ (config, manifest, replay, mjpeg, prompts; an instrumented build
+# compiles tract again, so not in CI) and the shared-memory readers in crates/ocellus-shm/fuzz (segment: the Rust
+# reader and the C header against each other). Each runs FUZZ_SECONDS under nice, on the committed corpus
+# (fuzz/corpus/<target>, read only) plus a work corpus in $(FUZZ_WORK); `make fuzz-cmin` merges the finds into the
+# committed corpus, minimised. A crash is left in <fuzz dir>/artifacts/<target>/: fix it, then add it to
+# regressions/<target>/ (and tests/fuzz_corpus.rs's REPRODUCERS), docs/fuzzing.md says how.
+FUZZ_SECONDS ?= 1800
+FUZZ_TARGETS := config manifest replay mjpeg prompts
+FUZZ_WORK ?= $(CACHE)/fuzz-corpus
+FUZZ_TARGET_DIR ?= $(CACHE)/target-fuzz
+# libFuzzer: a hang is an input taking 10 s; an allocation above 256 MB is a bug (an input must not choose the
+# size of what the runtime allocates).
+FUZZ_FLAGS ?= -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1
+FUZZ := CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) nice -n 19 cargo +nightly fuzz
+
+.PHONY: fuzz fuzz-setup fuzz-build fuzz-shm fuzz-cmin $(addprefix fuzz-,$(FUZZ_TARGETS))
+
+fuzz-setup:
+	rustup toolchain install nightly --profile minimal
+	cargo install cargo-fuzz --locked
+
+fuzz-build:
+	cd fuzz && $(FUZZ) build
+	cd crates/ocellus-shm/fuzz && $(FUZZ) build
+
+fuzz: fuzz-shm $(addprefix fuzz-,$(FUZZ_TARGETS))
+
+$(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%:
+	mkdir -p $(FUZZ_WORK)/$*
+	cd fuzz && $(FUZZ) run $* $(FUZZ_WORK)/$* corpus/$* regressions/$* -- -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS)
+
+fuzz-shm:
+	mkdir -p $(FUZZ_WORK)/segment
+	cd crates/ocellus-shm/fuzz && $(FUZZ) run segment $(FUZZ_WORK)/segment corpus/segment regressions/segment -- \
+		-max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS)
+
+# Merges the work corpora into the committed ones, minimised (libFuzzer's merge keeps the inputs that add coverage).
+fuzz-cmin:
+	for t in $(FUZZ_TARGETS); do cp -n $(FUZZ_WORK)/$$t/* fuzz/corpus/$$t/ 2>/dev/null; \
+		(cd fuzz && $(FUZZ) cmin $$t corpus/$$t) || exit 1; done
+	cp -n $(FUZZ_WORK)/segment/* crates/ocellus-shm/fuzz/corpus/segment/ 2>/dev/null; \
+		cd crates/ocellus-shm/fuzz && $(FUZZ) cmin segment corpus/segment
