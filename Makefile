@@ -136,3 +136,11 @@ bench:
 
 bench-criterion:
 	cargo bench --locked --workspace
+
+# The long soak (docs/soak.md; not in CI): 1,000,000 frames or 2 hours of the demo pipeline with the prompts
+# file rewritten and a C reader attached; samples, plot and figures in $(SOAK_OUT).
+SOAK_OUT ?= $(CACHE)/soak
+
+.PHONY: soak
+soak:
+	SOAK_OUT=$(SOAK_OUT) cargo test --locked --release --test soak -- --ignored --nocapture
