@@ -19,7 +19,9 @@ from .errors import ToolError
 from .files import PARITY_FILE, SOURCE_FILE, commit_files, ensure_writable_dir, onnx_name, staging_dir
 
 OPSET = 17
-DERIVED = [onnx_name(r, "int8") for r in ("vision", "resampler", "text")] + [PARITY_FILE, "reference", "manifest.toml"]
+# what quantize, validate and manifest made from the fp32 files: stale once they are re-exported
+DERIVED = ([f"{r}.{s}.onnx" for r in ("vision", "resampler", "text") for s in ("int8", "int8-ort")]
+           + ["quantize.json", PARITY_FILE, "reference", "manifest.toml"])
 
 
 class _TextIdsOnly(nn.Module):
