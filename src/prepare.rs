@@ -9,10 +9,14 @@
 //! `resize = "shortest_edge"` (with `crop = "center"`) takes the largest centred box with the model's aspect
 //! ratio; `resize = "squash"` takes the whole frame. The box is resized straight to W x H.
 //!
+//! **Letterbox** (`resize = "letterbox"`, docs/manifest.md): the whole frame is resized to
+//! [`letterbox_size`] (its aspect kept, sides rounded half up), placed centred in the W x H input
+//! ([`placement`]), and every other pixel is the manifest's `pad` colour, normalised like the rest.
+//!
 //! **Resize.** The separable convolution of Pillow's `Image.resize((W, H), BILINEAR | BICUBIC, box=box)`,
 //! reproduced bit for bit (same support, coefficients, 22-bit fixed point, rounding and pass order, and the box
 //! rounded to f32 as Pillow's C code receives it), so a prepared tensor equals the tools' reference
-//! preprocessing of the same RGB image (docs/manifest.md, `reference/`) to float rounding, resized or not.
+//! preprocessing of the same RGB image (docs/manifest.md, `reference/`) exactly (max abs diff 0), resized or not.
 //! fast_image_resize was measured too (see benches/prepare.rs) but computes its coefficients on every call,
 //! allocating each frame, and differs from Pillow by a level here and there.
 //!
@@ -90,6 +94,49 @@ pub fn crop_box(pre: &Preprocess, src_w: u32, src_h: u32) -> [f64; 4] {
     }
 }
 
+/// The size `(sw, sh)` a `src_w` x `src_h` frame is scaled to inside the model's W x H with
+/// `resize = "letterbox"` (docs/manifest.md, "Letterbox"; the tools' `letterbox_size`): s = min(W / w, H / h)
+/// in f64, each side `round(side * s)` rounded half up (`f64::round`, for these non-negative values), clamped
+/// to [1, W] and [1, H].
+pub fn letterbox_size(pre: &Preprocess, src_w: u32, src_h: u32) -> (usize, usize) {
+    let s = (pre.width as f64 / src_w as f64).min(pre.height as f64 / src_h as f64);
+    let sw = ((src_w as f64 * s).round() as usize).clamp(1, pre.width);
+    let sh = ((src_h as f64 * s).round() as usize).clamp(1, pre.height);
+    (sw, sh)
+}
+
+/// Where the resized frame lands in the model input: `width` x `height` pixels at (`left`, `top`); the rest
+/// of the input (letterbox only) is `pad`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub left: usize,
+    pub top: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The [`Placement`] of a `src_w` x `src_h` frame: the whole W x H input, or with letterbox
+/// [`letterbox_size`] centred at ((W - sw) / 2, (H - sh) / 2) in integers (the odd pixel right and bottom).
+pub fn placement(pre: &Preprocess, src_w: u32, src_h: u32) -> Placement {
+    match pre.resize {
+        ResizeMode::Letterbox => {
+            let (width, height) = letterbox_size(pre, src_w, src_h);
+            Placement {
+                left: (pre.width - width) / 2,
+                top: (pre.height - height) / 2,
+                width,
+                height,
+            }
+        }
+        ResizeMode::ShortestEdge | ResizeMode::Squash => Placement {
+            left: 0,
+            top: 0,
+            width: pre.width,
+            height: pre.height,
+        },
+    }
+}
+
 /// Turns frames of one format and size into model input tensors.
 pub struct Preparer {
     format: PixelFormat,
@@ -108,6 +155,10 @@ pub struct Preparer {
     /// The resized image, interleaved (3 channels, or 1 for GREY).
     resized: Vec<u8>,
     crop: [f64; 4],
+    /// Where the resized image sits in the W x H input (all of it, except with letterbox).
+    placement: Placement,
+    /// Each output plane's normalised pad value (letterbox only).
+    pad: [f32; 3],
 }
 
 impl Preparer {
@@ -134,9 +185,9 @@ impl Preparer {
                 pre.width, pre.height
             )));
         }
-        if pre.resize == ResizeMode::Letterbox {
+        if pre.resize == ResizeMode::Letterbox && pre.crop != Crop::None {
             return Err(setup(
-                "manifest preprocess has resize = \"letterbox\", which this build of ocellus does not prepare yet".into(),
+                "manifest preprocess has resize = \"letterbox\" with crop = \"center\"; letterbox needs crop = \"none\"".into(),
             ));
         }
         if pre.resize == ResizeMode::ShortestEdge && pre.crop == Crop::None {
@@ -179,15 +230,17 @@ impl Preparer {
             Interpolation::Bilinear => Filter::Bilinear,
             Interpolation::Bicubic => Filter::Bicubic,
         };
+        let placement = placement(pre, width, height);
         let resample = Resample::new(
             width as usize,
             height as usize,
-            pre.width,
-            pre.height,
+            placement.width,
+            placement.height,
             crop,
             filter,
             channels,
         );
+        let pad = plane_channel.map(|c| lut[c][pre.pad[c] as usize]);
         Ok(Preparer {
             format,
             width,
@@ -198,8 +251,10 @@ impl Preparer {
             lut,
             rgb,
             resample,
-            resized: vec![0; pre.width * pre.height * channels],
+            resized: vec![0; placement.width * placement.height * channels],
             crop,
+            placement,
+            pad,
         })
     }
 
@@ -217,11 +272,31 @@ impl Preparer {
         };
         let tmp = ow * h * c;
         let resized = ow * oh * c;
-        // Pillow's kernels: support 2 (bicubic) times the downscale factor, each side, per output pixel.
-        let taps = |input: u64, output: u64| 2 * (2 * input).div_ceil(output.max(1)) + 1;
-        let coefficients = (ow * (taps(w, ow) * 4 + 16)) + (oh * (taps(h, oh) * 4 + 16));
+        // Pillow's kernels: 2 * ceil(support * max(in / out, 1)) + 1 taps per output, support at most 2, so an
+        // axis of `out` outputs (at most the model's side, fewer with letterbox) holds at most
+        // out * (2 * (2 * in / out + 2) + 1) = 4 * in + 5 * out coefficients of 4 bytes, and a start and a
+        // length per output.
+        let axis = |input: u64, output: u64| (4 * input + 5 * output) * 4 + output * 16;
+        let coefficients = axis(w, ow) + axis(h, oh);
         let lut = 3 * 256 * 4;
         rgb + tmp + resized + coefficients + lut
+    }
+
+    /// Bytes of scratch this preparer holds (the capacity of every buffer it allocated in `new`); never more
+    /// than [`Preparer::scratch_bytes`] for the same arguments.
+    pub fn held_bytes(&self) -> u64 {
+        let axis = |a: &Option<Axis>| {
+            a.as_ref().map_or(0, |a| {
+                (a.start.capacity() + a.len.capacity()) * std::mem::size_of::<usize>()
+                    + a.k.capacity() * 4
+            })
+        };
+        (self.rgb.capacity()
+            + self.resized.capacity()
+            + self.resample.tmp.capacity()
+            + std::mem::size_of_val(&*self.lut)) as u64
+            + axis(&self.resample.horiz) as u64
+            + axis(&self.resample.vert) as u64
     }
 
     /// Floats `prepare` writes: 3 x H x W.
@@ -268,21 +343,32 @@ impl Preparer {
         };
         self.resample.run(src, &mut self.resized);
         let hw = self.out_h * self.out_w;
-        let (planes01, plane2) = out.split_at_mut(2 * hw);
-        let (plane0, plane1) = planes01.split_at_mut(hw);
-        if self.format == PixelFormat::Grey {
-            let [c0, c1, c2] = self.plane_channel;
-            for (i, &v) in self.resized.iter().enumerate() {
-                plane0[i] = self.lut[c0][v as usize];
-                plane1[i] = self.lut[c1][v as usize];
-                plane2[i] = self.lut[c2][v as usize];
-            }
+        let Placement {
+            left,
+            top,
+            width: sw,
+            height: sh,
+        } = self.placement;
+        let c = if self.format == PixelFormat::Grey {
+            1
         } else {
-            let [c0, c1, c2] = self.plane_channel;
-            for (i, px) in self.resized.chunks_exact(3).enumerate() {
-                plane0[i] = self.lut[c0][px[c0] as usize];
-                plane1[i] = self.lut[c1][px[c1] as usize];
-                plane2[i] = self.lut[c2][px[c2] as usize];
+            3
+        };
+        for (p, plane) in out.chunks_exact_mut(hw).enumerate() {
+            let channel = self.plane_channel[p];
+            let lut = &self.lut[channel];
+            let offset = if c == 1 { 0 } else { channel };
+            for (y, row) in plane.chunks_exact_mut(self.out_w).enumerate() {
+                if y < top || y >= top + sh {
+                    row.fill(self.pad[p]);
+                    continue;
+                }
+                row[..left].fill(self.pad[p]);
+                row[left + sw..].fill(self.pad[p]);
+                let src = &self.resized[(y - top) * sw * c..][..sw * c];
+                for (o, px) in row[left..left + sw].iter_mut().zip(src.chunks_exact(c)) {
+                    *o = lut[px[offset] as usize];
+                }
             }
         }
         Ok(())
@@ -658,6 +744,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn letterbox_size_rounds_half_up_and_clamps() {
+        let pre = |height, width| Preprocess {
+            height,
+            width,
+            resize: ResizeMode::Letterbox,
+            interpolation: Interpolation::Bilinear,
+            crop: Crop::None,
+            channel_order: ChannelOrder::Rgb,
+            rescale: 1.0 / 255.0,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            pad: [114; 3],
+        };
+        // Ties: 97 * 0.5 = 48.5 -> 49 (Python's round would give 48).
+        assert_eq!(letterbox_size(&pre(64, 64), 128, 97), (64, 49));
+        assert_eq!(letterbox_size(&pre(30, 50), 97, 60), (49, 30));
+        assert_eq!(letterbox_size(&pre(64, 64), 640, 480), (64, 48));
+        assert_eq!(letterbox_size(&pre(64, 64), 480, 640), (48, 64));
+        assert_eq!(letterbox_size(&pre(64, 64), 64, 64), (64, 64));
+        // Upscaled: 49 x 33 into 64 x 64, s = 64 / 49.
+        assert_eq!(letterbox_size(&pre(64, 64), 49, 33), (64, 43));
+        // A sliver keeps one row.
+        assert_eq!(letterbox_size(&pre(64, 64), 1000, 1), (64, 1));
+        assert_eq!(letterbox_size(&pre(64, 64), 1, 16_384), (1, 64));
+        let p = placement(&pre(64, 64), 128, 97);
+        assert_eq!(
+            p,
+            Placement {
+                left: 0,
+                top: 7,
+                width: 64,
+                height: 49
+            }
+        );
+        let p = placement(&pre(30, 50), 97, 60);
+        assert_eq!((p.left, p.top), (0, 0));
+        let p = placement(&pre(64, 64), 48, 64);
+        assert_eq!((p.left, p.top, p.width, p.height), (8, 0, 48, 64));
     }
 
     #[test]
