@@ -188,7 +188,19 @@ fn clip8(acc: [i32; LANES]) -> Lanes {
     out
 }
 
+#[inline(always)]
+fn mac(acc: &mut [i32; LANES], col: &Lanes, k: i32) {
+    for (a, &p) in acc.iter_mut().zip(col) {
+        *a = a.wrapping_add(i32::from(p).wrapping_mul(k));
+    }
+}
+
 /// One output column of a strip: `sum_j t[(start + j) * C + c] * k[j]`, sixteen rows at once.
+///
+/// Unrolled by two taps with explicit offsets: written as a plain loop over the taps (or with
+/// `chunks_exact`), LLVM vectorises it across the taps instead of the rows, gathering bytes one by one
+/// (measured 2.5x slower at 9 taps); this shape keeps the sixteen rows in the vector lanes on x86_64 (SSE2,
+/// AVX2) and aarch64 alike.
 #[inline(always)]
 fn column<const C: usize>(t: &[Lanes], start: usize, k: &[i32], c: usize) -> Lanes {
     let mut acc = [1i32 << (PRECISION_BITS - 1); LANES];
@@ -196,10 +208,15 @@ fn column<const C: usize>(t: &[Lanes], start: usize, k: &[i32], c: usize) -> Lan
         return clip8(acc);
     }
     let taps = &t[start * C + c..][..(k.len() - 1) * C + 1];
-    for (col, &kv) in taps.iter().step_by(C).zip(k) {
-        for (a, &p) in acc.iter_mut().zip(col) {
-            *a = a.wrapping_add(i32::from(p).wrapping_mul(kv));
-        }
+    let mut pairs = k.chunks_exact(2);
+    let mut j = 0;
+    for kk in pairs.by_ref() {
+        mac(&mut acc, &taps[j], kk[0]);
+        mac(&mut acc, &taps[j + C], kk[1]);
+        j += 2 * C;
+    }
+    if let [kv] = pairs.remainder() {
+        mac(&mut acc, &taps[j], *kv);
     }
     clip8(acc)
 }
