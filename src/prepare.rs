@@ -804,7 +804,7 @@ mod tests {
         let rows: Vec<u8> = (0..=255).collect();
         let axis = Axis::identity(16);
         let mut out = vec![0u8; 16 * 16];
-        resample::vertical_plane(&rows, &axis, &mut out, 16);
+        resample::vertical_plane(resample::Portable, &rows, &axis, &mut out, 16);
         assert_eq!(out, rows);
     }
 
