@@ -2,6 +2,8 @@
 //! (bilinear), to 224x224 bilinear and to 224x224 bicubic (CLIP's preprocessing; issue 13's case is
 //! `prepare/yuyv/640x480/224x224-bicubic`). Frames are the synthetic camera's (a demo scene in each format).
 //!
+//! `prepare_letterbox`: YUYV frames letterboxed (the whole frame resampled, pad around).
+//!
 //! Also `resize_only`: the Pillow-exact resize of `prepare` against fast_image_resize on the same RGB frame
 //! and box, for the record (fast_image_resize recomputes its coefficients, allocating, on every call).
 //!
@@ -92,6 +94,35 @@ fn prepare(c: &mut Criterion) {
     group.finish();
 }
 
+/// Letterbox (models/vit-import's 64x64 bilinear, pad 114; and 224x224 bicubic) from YUYV frames: the whole
+/// frame is resampled, so this is the most a frame of that size costs.
+fn letterbox(c: &mut Criterion) {
+    let mut group = c.benchmark_group("prepare_letterbox");
+    group
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20);
+    for (w, h) in SIZES {
+        let buf = frame(PixelFormat::Yuyv, w, h);
+        for (side, interpolation) in [(64, Interpolation::Bilinear), (224, Interpolation::Bicubic)]
+        {
+            let pre = Preprocess {
+                resize: ResizeMode::Letterbox,
+                crop: Crop::None,
+                pad: [114; 3],
+                ..preprocess(side, interpolation)
+            };
+            let mut preparer = Preparer::new(&pre, PixelFormat::Yuyv, w, h).expect("preparer");
+            let mut out = vec![0f32; preparer.output_len()];
+            group.bench_function(
+                BenchmarkId::new(format!("yuyv/{w}x{h}"), format!("{side}x{side}")),
+                |b| b.iter(|| preparer.prepare(buf.bytes(), &mut out).expect("prepare")),
+            );
+        }
+    }
+    group.finish();
+}
+
 fn resize_only(c: &mut Criterion) {
     let mut group = c.benchmark_group("resize_only");
     group
@@ -128,5 +159,5 @@ fn resize_only(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, prepare, resize_only);
+criterion_group!(benches, prepare, letterbox, resize_only);
 criterion_main!(benches);
