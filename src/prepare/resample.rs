@@ -1,14 +1,14 @@
-//! Pillow's 8-bit separable resampling (libImaging/Resample.c): the coefficients, bit for bit, and the kernels
+//! Pillow's 8-bit separable resampling (libImaging/Resample.c): the coefficients, bit for bit, and the passes
 //! that apply them sixteen lanes at a time.
 //!
 //! The horizontal pass runs on a *transposed* strip of sixteen source rows (`t[b]` holds byte `b` of each of
 //! the sixteen rows), so one output column of sixteen rows is sixteen independent sums over the same taps: a
-//! multiply-add per tap across sixteen i32 lanes, which LLVM vectorises (NEON, SSE2, or AVX2 in the builds
-//! [`super::simd`] selects at run time). Its results are transposed back into row-major planes, on which the
-//! vertical pass sums rows sixteen columns at a time. Every sum is Pillow's: i32, 22-bit coefficients, the
-//! rounding bias `1 << 21` first, then `>> 22` clamped to 0..=255. The sums cannot overflow (|k| sums to
-//! less than 1.3 * 2^22 and pixels are below 2^8), so wrapping arithmetic is exact and keeps the loops
-//! free of overflow branches in builds that check.
+//! multiply-add per tap across sixteen i32 lanes. Its results are transposed back into row-major planes, on
+//! which the vertical pass sums rows 32 columns at a time. The inner loops are the [`Taps`] trait's:
+//! [`Portable`] here, AVX2 intrinsics in [`super::simd`]. Every sum is Pillow's: i32, 22-bit coefficients, the
+//! rounding bias `1 << 21` first, then `>> 22` clamped to 0..=255. The sums cannot overflow (the |k| of an
+//! output sum to less than 1.3 * 2^22 and pixels are below 2^8), so wrapping arithmetic is exact and keeps the
+//! loops free of overflow branches in builds that check them.
 
 /// Pillow's `PRECISION_BITS` for 8-bit images: 32 - 8 - 2.
 pub(super) const PRECISION_BITS: u32 = 32 - 8 - 2;
