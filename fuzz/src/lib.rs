@@ -115,7 +115,8 @@ pub fn config(data: &[u8]) -> Result<String, String> {
             *path = PathBuf::from("/nonexistent/ocellus-fuzz/replay.raw");
         }
     }
-    let plan = ocellus::runtime::memory::plan(&planned, demo_manifest(), Variant::Fp32, true, None);
+    let plan =
+        ocellus::runtime::memory::plan(&planned, demo_manifest(), Variant::Fp32, true, None, &[]);
     let verdict = match plan.check() {
         Ok(()) => "fits".to_owned(),
         Err(e) => {
@@ -204,7 +205,7 @@ pub fn manifest(data: &[u8]) -> Result<String, String> {
             }
             Err(e) => assert!(!e.to_string().is_empty()),
         }
-        let plan = ocellus::runtime::memory::plan(default_config(), &m, variant, true, None);
+        let plan = ocellus::runtime::memory::plan(default_config(), &m, variant, true, None, &[]);
         let _ = plan.check().map_err(|e| e.to_string());
     }
     let _ = (m.has_text(), m.tokenizer_path());
