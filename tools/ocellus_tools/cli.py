@@ -188,7 +188,15 @@ def _calibration(args, pre) -> tuple[list, list]:
     from .prepare import list_images, load_images, prepare_image
 
     held_out = []
-    if args.images is not None:
+    if getattr(args, "recording", None) is not None:
+        from .recording import open_recording
+
+        rec = open_recording(args.recording)
+        images = [cam.rgb(i) for cam in rec.cameras for i in range(len(cam))]
+        if not images:
+            raise ToolError(f"recording {args.recording} holds no frames: record longer (ocellus record --duration S)")
+        source = f"{len(images)} recorded frames from {args.recording}"
+    elif args.images is not None:
         files = list_images(args.images)
         images = load_images(files)
         if not images:
@@ -413,11 +421,13 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     cal = q.add_mutually_exclusive_group()
     cal.add_argument("--images", type=Path, metavar="DIR", help="calibration images (png, jpg, ...)")
+    cal.add_argument("--recording", type=Path, metavar="DIR",
+                     help="calibrate on a recording's frames (`ocellus record --duration S --out DIR`, docs/recorder.md)")
     cal.add_argument("--scenes", type=int, default=64, metavar="N", help="generated scenes to calibrate on (default 64)")
     q.add_argument("--seed", type=int, default=7, help="seed of the generated calibration scenes")
     q.add_argument("--target-cosine", type=float, default=0.9995,
                    help="leave the most sensitive nodes in float until int8 reaches this cosine to fp32 on 32 "
-                        "held-out scenes (with --images: on the calibration images) (default 0.9995; 0 quantizes "
+                        "held-out scenes (with --images or --recording: on the calibration images) (default 0.9995; 0 quantizes "
                         "every candidate)")
     q.set_defaults(func=cmd_quantize)
 
