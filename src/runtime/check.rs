@@ -146,6 +146,8 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
         }
     }
     let mut measured_region = 0;
+    // What the engine kept (auto's choice, and the candidates it measured) decides the text encoder and the plan.
+    let mut selected = selected;
     let engine = match build::engine(config, &manifest, selected.clone(), measure) {
         Ok((engine, chosen, timing)) => {
             measured_region = timing.region_bytes;
@@ -163,6 +165,7 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
                 Ok(d) => r.budgets = Some(budgets_table(config, &d)),
                 Err(e) => r.problems.push(e.message),
             }
+            selected = chosen;
             Some(engine)
         }
         Err(e) => {
