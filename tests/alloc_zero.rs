@@ -56,7 +56,9 @@ fn measure(config: &Config, what: &str, take: bool) -> (AllocStats, AllocStats, 
             cam.max_frame_bytes(),
             &shape,
         );
-        let part = plan.part("flight recorder").expect("the plan counts the ring");
+        let part = plan
+            .part("flight recorder")
+            .expect("the plan counts the ring");
         assert_eq!(part.bytes, ring * config.cameras.len() as u64);
         assert!(ring > 64 * 614_400);
     }
@@ -149,7 +151,13 @@ fn frame_path_makes_no_system_allocation_after_warm_up() {
     );
     let (before, after, first, frames, made) = measure(&one, "alloc-zero", true);
     let d = after.since(&before);
-    report(&d, &after, first, frames, "model.threads = 1, flight recorder on");
+    report(
+        &d,
+        &after,
+        first,
+        frames,
+        "model.threads = 1, flight recorder on",
+    );
     assert_no_system_allocation(&d, frames, "model.threads = 1, flight recorder on");
     assert_eq!(made, 1, "the triggered window was written");
     assert_eq!(ocellus::recorder::recordings_in(recordings.path()).len(), 1);

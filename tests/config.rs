@@ -57,8 +57,20 @@ fn documented_example_loads_with_the_defaults() {
     let (e, d) = (&example.recorder, &default.recorder);
     assert!(!e.enabled);
     assert_eq!(
-        (e.window, e.after, e.quota_bytes, &e.on_late, e.on_camera_fault),
-        (d.window, d.after, d.quota_bytes, &d.on_late, d.on_camera_fault)
+        (
+            e.window,
+            e.after,
+            e.quota_bytes,
+            &e.on_late,
+            e.on_camera_fault
+        ),
+        (
+            d.window,
+            d.after,
+            d.quota_bytes,
+            &d.on_late,
+            d.on_camera_fault
+        )
     );
     assert_eq!(e.dir, path.parent().unwrap().join("recordings"));
     assert_eq!(e.socket, e.dir.join("trigger.sock"));

@@ -31,7 +31,8 @@ fn config(fps: u32, extra: &str) -> Config {
          fps = {fps}\n\n[model]\nmanifest = \"{}\"\nvariant = \"fp32\"\nthreads = 1\n\n[memory]\nlock = false\n\n{extra}\n",
         root().join("models/demo/manifest.toml").display()
     );
-    Config::parse(&text, Origin::File(root().join("test.toml"))).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    Config::parse(&text, Origin::File(root().join("test.toml")))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 /// What the sinks saw of one frame.
@@ -84,7 +85,10 @@ fn build(config: &Config, sink: Option<Collect>) -> Runtime {
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + WATCHDOG;
     while !done() {
-        assert!(Instant::now() < until, "watchdog: no {what} within {WATCHDOG:?}");
+        assert!(
+            Instant::now() < until,
+            "watchdog: no {what} within {WATCHDOG:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -125,11 +129,21 @@ fn a_late_frame_triggers_a_recording_of_the_frames_around_it_that_replays_exactl
     let h = &recording.header;
     let trigger = h.trigger.as_ref().expect("a triggered recording says why");
     assert_eq!(
-        (trigger.kind.as_str(), trigger.stage.as_deref(), trigger.camera),
+        (
+            trigger.kind.as_str(),
+            trigger.stage.as_deref(),
+            trigger.camera
+        ),
         ("late", Some("encoder"), Some(0))
     );
-    let json = std::fs::metadata(path.join("recording.json")).expect("json").len();
-    assert_eq!(*bytes, h.bytes + json, "recording.json's bytes: its frame and results files");
+    let json = std::fs::metadata(path.join("recording.json"))
+        .expect("json")
+        .len();
+    assert_eq!(
+        *bytes,
+        h.bytes + json,
+        "recording.json's bytes: its frame and results files"
+    );
     let results = recording.results(0).expect("results");
     assert_eq!(results.len(), 40, "the whole window");
     let late = Stage::Encoder.late_bit();
@@ -153,7 +167,10 @@ fn a_late_frame_triggers_a_recording_of_the_frames_around_it_that_replays_exactl
         assert_eq!(bits(&f.scores), bits(&s.scores), "seq {}", f.sequence);
         assert_eq!(f.flags & !late & 0xffff, s.flags & !late & 0xffff);
         assert_eq!(f.prompt_version, 1);
-        assert!(f.label.is_some(), "the synthetic camera's ground truth is kept");
+        assert!(
+            f.label.is_some(),
+            "the synthetic camera's ground truth is kept"
+        );
     }
     assert_eq!(h.prompts.len(), 1);
     assert_eq!(h.prompts[0].labels.len(), 16);
@@ -242,7 +259,9 @@ fn a_recording_directory_that_cannot_be_written_is_a_counted_error_and_frames_ke
         ),
     );
     let mut runtime = build(&cfg, None);
-    runtime.start().expect("a recorder problem does not stop perception");
+    runtime
+        .start()
+        .expect("a recorder problem does not stop perception");
     let stats = Arc::clone(runtime.stats());
     let processed = || stats.camera(0).counters.processed.load(Relaxed);
     wait_until("frames", || processed() >= 10);
@@ -255,7 +274,10 @@ fn a_recording_directory_that_cannot_be_written_is_a_counted_error_and_frames_ke
         .written(n, WATCHDOG)
         .expect("the writer answers")
         .expect_err("nothing can be written there");
-    assert!(err.contains("recorder.dir") && err.contains("a-file"), "{err}");
+    assert!(
+        err.contains("recorder.dir") && err.contains("a-file"),
+        "{err}"
+    );
     assert_eq!(stats.recorder.errors.load(Relaxed), 1);
     assert_eq!(stats.recorder.made.load(Relaxed), 0);
     // The frame path did not wait: frames keep being processed, and the next trigger is taken.
@@ -308,7 +330,11 @@ fn bad_recordings_are_refused_with_the_problem_and_the_fix() {
     let newer = fixture(dir.path(), "newer");
     let header = newer.join("recording.json");
     let text = std::fs::read_to_string(&header).expect("read");
-    std::fs::write(&header, text.replacen("\"version\": 1", "\"version\": 2", 1)).expect("write");
+    std::fs::write(
+        &header,
+        text.replacen("\"version\": 1", "\"version\": 2", 1),
+    )
+    .expect("write");
     let e = open_err(&newer);
     assert!(
         e.contains("version 2") && e.contains("reads version 1") && e.contains("newer one"),
@@ -325,7 +351,10 @@ fn bad_recordings_are_refused_with_the_problem_and_the_fix() {
             .expect("open");
         f.set_len(len - 100).expect("truncate");
         let e = open_err(&cut);
-        assert!(e.contains(file) && e.contains("truncated") && e.contains("copy the recording again"), "{e}");
+        assert!(
+            e.contains(file) && e.contains("truncated") && e.contains("copy the recording again"),
+            "{e}"
+        );
     }
 
     let partial = fixture(dir.path(), "partial");
@@ -348,7 +377,9 @@ fn bad_recordings_are_refused_with_the_problem_and_the_fix() {
         .expect_err("refused")
         .to_string();
     assert!(
-        e.contains("holds yuyv") && e.contains("camera[0]") && e.contains("is mjpeg")
+        e.contains("holds yuyv")
+            && e.contains("camera[0]")
+            && e.contains("is mjpeg")
             && e.contains("pixel-format = \"yuyv\""),
         "{e}"
     );
@@ -360,11 +391,19 @@ fn bad_recordings_are_refused_with_the_problem_and_the_fix() {
 #[test]
 fn recorder_keys_are_validated_and_a_ring_over_the_budget_is_refused_naming_the_keys() {
     for (extra, key, needle) in [
-        ("seconds = 2\nframes = 10\n", "recorder.frames", "seconds is set too"),
+        (
+            "seconds = 2\nframes = 10\n",
+            "recorder.frames",
+            "seconds is set too",
+        ),
         ("seconds = 0\n", "recorder.seconds", "above 0"),
         ("after = 1.5\n", "recorder.after", "0..=0.9"),
         ("quota-mib = 0\n", "recorder.quota-mib", "at least 1"),
-        ("on-late = [\"score\"]\n", "recorder.on-late", "unknown stage 'score'"),
+        (
+            "on-late = [\"score\"]\n",
+            "recorder.on-late",
+            "unknown stage 'score'",
+        ),
         ("dir = \"\"\n", "recorder.dir", "is empty"),
         ("colour = 1\n", "recorder", "colour"),
     ] {
@@ -382,25 +421,50 @@ fn recorder_keys_are_validated_and_a_ring_over_the_budget_is_refused_naming_the_
     )
     .expect_err("seconds without fps")
     .to_string();
-    assert!(e.contains("recorder.seconds") && e.contains("recorder.frames") && e.contains("camera[0].fps"), "{e}");
+    assert!(
+        e.contains("recorder.seconds")
+            && e.contains("recorder.frames")
+            && e.contains("camera[0].fps"),
+        "{e}"
+    );
     // Off by default.
     assert!(!config(30, "").recorder.enabled);
 
     // A window that does not fit the disk quota.
-    let cfg = config(30, "[recorder]\nenabled = true\nseconds = 120\nquota-mib = 100\n");
-    let e = Runtime::build(&cfg, RuntimeOptions { take_memory: false, shm: ShmTarget::Off, ..Default::default() })
-        .expect_err("over the quota")
-        .to_string();
-    assert!(e.contains("recorder.quota-mib") && e.contains("recorder.seconds"), "{e}");
+    let cfg = config(
+        30,
+        "[recorder]\nenabled = true\nseconds = 120\nquota-mib = 100\n",
+    );
+    let e = Runtime::build(
+        &cfg,
+        RuntimeOptions {
+            take_memory: false,
+            shm: ShmTarget::Off,
+            ..Default::default()
+        },
+    )
+    .expect_err("over the quota")
+    .to_string();
+    assert!(
+        e.contains("recorder.quota-mib") && e.contains("recorder.seconds"),
+        "{e}"
+    );
 
     // A ring that does not fit the memory budget: refused before the models load, naming the keys.
     let cfg = config(
         30,
         "[budgets]\nmemory-mib = 256\n\n[recorder]\nenabled = true\nseconds = 300\nquota-mib = 100000\n",
     );
-    let e = Runtime::build(&cfg, RuntimeOptions { take_memory: false, shm: ShmTarget::Off, ..Default::default() })
-        .expect_err("over the budget")
-        .to_string();
+    let e = Runtime::build(
+        &cfg,
+        RuntimeOptions {
+            take_memory: false,
+            shm: ShmTarget::Off,
+            ..Default::default()
+        },
+    )
+    .expect_err("over the budget")
+    .to_string();
     assert!(
         e.contains("budget exceeded") && e.contains("flight recorder rings of the last frames: front 9000 frames (recorder.seconds 300 x 30 fps)")
             && e.contains("lower recorder.seconds or recorder.frames"),
@@ -411,19 +475,38 @@ fn recorder_keys_are_validated_and_a_ring_over_the_budget_is_refused_naming_the_
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(
         30,
-        &format!("[recorder]\nenabled = true\nseconds = 2\ndir = \"{}\"\n", dir.path().display()),
+        &format!(
+            "[recorder]\nenabled = true\nseconds = 2\ndir = \"{}\"\n",
+            dir.path().display()
+        ),
     );
     let report = ocellus::runtime::check(&cfg);
     let plan = report.plan.expect("a plan");
     let part = plan.part("flight recorder").expect("the ring is counted");
-    let manifest = ocellus::Manifest::load(&root().join("models/demo/manifest.toml")).expect("manifest");
+    let manifest =
+        ocellus::Manifest::load(&root().join("models/demo/manifest.toml")).expect("manifest");
     let shape = ocellus::recorder::ResultsShape {
         embed_dim: manifest.embed_dim,
         num_latents: manifest.resampler.num_latents,
         latent_dim: manifest.resampler.latent_dim,
         max_scores: cfg.prompts.max,
     };
-    assert_eq!(part.bytes, ocellus::recorder::ring_bytes(60, 160 * 120 * 2, &shape));
-    assert!(part.detail.contains("front 60 frames (recorder.seconds 2 x 30 fps)"), "{}", part.detail);
-    assert!(report.ok.iter().any(|l| l.starts_with("flight recorder: 60 frames")), "{:?}", report.ok);
+    assert_eq!(
+        part.bytes,
+        ocellus::recorder::ring_bytes(60, 160 * 120 * 2, &shape)
+    );
+    assert!(
+        part.detail
+            .contains("front 60 frames (recorder.seconds 2 x 30 fps)"),
+        "{}",
+        part.detail
+    );
+    assert!(
+        report
+            .ok
+            .iter()
+            .any(|l| l.starts_with("flight recorder: 60 frames")),
+        "{:?}",
+        report.ok
+    );
 }

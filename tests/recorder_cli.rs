@@ -107,7 +107,10 @@ impl Service {
                 self.log()
             );
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("ocellus run exited ({status}) before '{what}':\n{}", self.log());
+                panic!(
+                    "ocellus run exited ({status}) before '{what}':\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -126,9 +129,16 @@ impl Service {
             if done {
                 return;
             }
-            assert!(Instant::now() < until, "watchdog: not {n} frames:\n{}", self.log());
+            assert!(
+                Instant::now() < until,
+                "watchdog: not {n} frames:\n{}",
+                self.log()
+            );
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("ocellus run exited ({status}) before {n} frames:\n{}", self.log());
+                panic!(
+                    "ocellus run exited ({status}) before {n} frames:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -154,7 +164,11 @@ impl Service {
                 std::thread::sleep(Duration::from_millis(100));
                 return (status, out, self.log());
             }
-            assert!(Instant::now() < until, "watchdog: ocellus run did not exit:\n{}", self.log());
+            assert!(
+                Instant::now() < until,
+                "watchdog: ocellus run did not exit:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -189,22 +203,42 @@ fn triggered_by_command_and_sigusr1_refused_for_strangers_and_shown_by_top() {
     );
     let shm = format!("ocellus-test-{}-recorder", std::process::id());
     let mut cmd = ocellus();
-    cmd.args(["run", "--config"])
-        .arg(&cfg)
-        .args(["--duration", "240", "--status-interval", "0.1", "--shm", &shm]);
+    cmd.args(["run", "--config"]).arg(&cfg).args([
+        "--duration",
+        "240",
+        "--status-interval",
+        "0.1",
+        "--shm",
+        &shm,
+    ]);
     let mut service = Service::spawn(cmd);
     service.wait_log("trigger a flight recording");
     service.wait_frames(40);
 
     // The command, waiting for the recording.
     let mut trigger = ocellus();
-    trigger.args(["record", "--trigger", "--wait", "--socket"]).arg(&socket);
+    trigger
+        .args(["record", "--trigger", "--wait", "--socket"])
+        .arg(&socket);
     let out = finish(trigger);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}\n{}", text(&out.stderr), service.log());
-    let path = PathBuf::from(stdout.trim().strip_prefix("recorded ").expect("recorded <path>"));
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        text(&out.stderr),
+        service.log()
+    );
+    let path = PathBuf::from(
+        stdout
+            .trim()
+            .strip_prefix("recorded ")
+            .expect("recorded <path>"),
+    );
     let first = Recording::open(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(first.header.trigger.as_ref().map(|t| t.kind.as_str()), Some("command"));
+    assert_eq!(
+        first.header.trigger.as_ref().map(|t| t.kind.as_str()),
+        Some("command")
+    );
     assert_eq!(first.header.cameras[0].frames, 30);
 
     // SIGUSR1.
@@ -218,10 +252,17 @@ fn triggered_by_command_and_sigusr1_refused_for_strangers_and_shown_by_top() {
         if let Some(r) = found {
             break r;
         }
-        assert!(Instant::now() < until, "watchdog: no recording after SIGUSR1:\n{}", service.log());
+        assert!(
+            Instant::now() < until,
+            "watchdog: no recording after SIGUSR1:\n{}",
+            service.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(second.header.trigger.as_ref().map(|t| t.kind.as_str()), Some("signal"));
+    assert_eq!(
+        second.header.trigger.as_ref().map(|t| t.kind.as_str()),
+        Some("signal")
+    );
 
     // Another user may reach the socket's file (opened up here on purpose) but is refused by its
     // credentials.
@@ -237,8 +278,15 @@ fn triggered_by_command_and_sigusr1_refused_for_strangers_and_shown_by_top() {
     let out = finish(stranger);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("refused") && stderr.contains("uid 65534"), "{stderr}");
-    assert_eq!(recordings(&rec).len(), 2, "the refused trigger recorded nothing");
+    assert!(
+        stderr.contains("refused") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+    assert_eq!(
+        recordings(&rec).len(),
+        2,
+        "the refused trigger recorded nothing"
+    );
 
     // `ocellus top` shows them (the heartbeat copies the counters every period).
     let until = Instant::now() + WATCHDOG;
@@ -295,13 +343,22 @@ fn a_full_disk_is_counted_and_logged_while_every_frame_is_processed() {
     service.signal("-USR1");
     let (status, stdout, log) = service.wait();
     assert!(status.success(), "{stdout}\n{log}");
-    assert!(stdout.starts_with("150 frames"), "every frame was processed: {stdout}");
-    assert!(stdout.contains("0 made") && stdout.contains("1 failed"), "{stdout}");
+    assert!(
+        stdout.starts_with("150 frames"),
+        "every frame was processed: {stdout}"
+    );
+    assert!(
+        stdout.contains("0 made") && stdout.contains("1 failed"),
+        "{stdout}"
+    );
     assert!(
         log.contains("flight recording not written") && log.contains("No space left on device"),
         "{log}"
     );
-    assert!(recordings(&rec).is_empty(), "nothing leaks outside the namespace's tmpfs");
+    assert!(
+        recordings(&rec).is_empty(),
+        "nothing leaks outside the namespace's tmpfs"
+    );
 }
 
 #[test]
@@ -336,7 +393,10 @@ fn record_frames_then_replay_reproduces_them_with_json_and_svg() {
     assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
     assert!(text(&again.stderr).contains("already holds a recording"));
 
-    let (json, svg) = (dir.path().join("replay.json"), dir.path().join("replay.svg"));
+    let (json, svg) = (
+        dir.path().join("replay.json"),
+        dir.path().join("replay.svg"),
+    );
     let out = finish({
         let mut c = ocellus();
         c.arg("replay")
@@ -369,5 +429,9 @@ fn record_frames_then_replay_reproduces_them_with_json_and_svg() {
         c
     });
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("cam0.results"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cam0.results"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ocellus::recorder::{Recording, RecorderSettings};
+use ocellus::recorder::{RecorderSettings, Recording};
 use ocellus::runtime::{Runtime, RuntimeOptions, ShmTarget};
 
 use super::{init_logging, load_config, Failure, Verbosity};
@@ -109,7 +109,10 @@ pub fn record(args: RecordArgs, v: Verbosity) -> Result<(), Failure> {
             .header
             .cameras
             .iter()
-            .map(|c| format!("{} {}: {} {}x{}", c.name, c.frames, c.pixel_format, c.width, c.height))
+            .map(|c| format!(
+                "{} {}: {} {}x{}",
+                c.name, c.frames, c.pixel_format, c.width, c.height
+            ))
             .collect::<Vec<_>>()
             .join(", "),
         summary.duration_s,

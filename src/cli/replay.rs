@@ -43,9 +43,8 @@ pub fn replay(args: ReplayArgs, v: Verbosity) -> Result<(), Failure> {
         if path.as_os_str() == "-" {
             println!("{text}");
         } else {
-            std::fs::write(path, text + "\n").map_err(|e| {
-                Failure::runtime(format!("cannot write {}: {e}", path.display()))
-            })?;
+            std::fs::write(path, text + "\n")
+                .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))?;
         }
     }
     if let Some(path) = &args.plot {

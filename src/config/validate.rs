@@ -615,7 +615,8 @@ impl Validator<'_> {
                 None => Ok(None),
             }
         };
-        let dir = path("dir", rr.dir)?.unwrap_or_else(|| self.resolve(crate::recorder::defaults::DIR));
+        let dir =
+            path("dir", rr.dir)?.unwrap_or_else(|| self.resolve(crate::recorder::defaults::DIR));
         let socket = path("socket", rr.socket)?
             .unwrap_or_else(|| dir.join(crate::recorder::defaults::SOCKET));
         let quota_mib = rr.quota_mib.unwrap_or(crate::recorder::defaults::QUOTA_MIB);

@@ -54,7 +54,12 @@ impl TestHooks {
 /// The `[testing]` delay: when `stage` is the delayed one (and `published` frames are past
 /// `delay_after_frames`), sleeps for the delay (waking early when the pipeline stops) and returns the ns
 /// slept; otherwise returns 0 at once.
-pub(super) fn test_delay(hooks: &TestHooks, stage: Stage, running: &AtomicBool, published: u64) -> u64 {
+pub(super) fn test_delay(
+    hooks: &TestHooks,
+    stage: Stage,
+    running: &AtomicBool,
+    published: u64,
+) -> u64 {
     if hooks.delay_after_frames.is_some_and(|n| published < n) {
         return 0;
     }

@@ -184,7 +184,11 @@ fn model_differences(a: &ModelIdentity, b: &ModelIdentity) -> Vec<String> {
     field("threads", &a.threads.to_string(), &b.threads.to_string());
     field("CPU features", &a.cpu, &b.cpu);
     field("vision file sha256", &a.vision_sha256, &b.vision_sha256);
-    field("resampler file sha256", &a.resampler_sha256, &b.resampler_sha256);
+    field(
+        "resampler file sha256",
+        &a.resampler_sha256,
+        &b.resampler_sha256,
+    );
     out
 }
 
@@ -406,7 +410,10 @@ mod tests {
             names: &names,
         };
         let same = compare(side(&rec), side(&rec), None);
-        assert!(same.identical && same.why_not_identical.is_empty(), "{same:?}");
+        assert!(
+            same.identical && same.why_not_identical.is_empty(),
+            "{same:?}"
+        );
         assert_eq!(same.top1_agreement, Some(1.0));
 
         let m8 = ModelIdentity {
@@ -421,13 +428,21 @@ mod tests {
             model: &m8,
             ..side(&rep)
         };
-        let c = compare(side(&rec), other, Some(|l| ["x", "a"].get(l as usize).copied()));
+        let c = compare(
+            side(&rec),
+            other,
+            Some(|l| ["x", "a"].get(l as usize).copied()),
+        );
         assert!(!c.identical);
         assert_eq!(c.model_differences, ["variant fp32 -> int8"]);
         assert_eq!(c.top1_agreement, Some(0.5));
         assert_eq!(c.changed.len(), 1);
         assert_eq!(
-            (c.changed[0].frame, c.changed[0].recorded_top.as_str(), c.changed[0].replayed_top.as_str()),
+            (
+                c.changed[0].frame,
+                c.changed[0].recorded_top.as_str(),
+                c.changed[0].replayed_top.as_str()
+            ),
             (1, "b", "a")
         );
         assert!((c.changed[0].cosine - 0.8).abs() < 1e-9);

@@ -72,9 +72,11 @@ fn groups_of(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -194,7 +196,12 @@ fn answer(stream: UnixStream, handle: &TriggerHandle, uid: u32, gid: u32) -> std
     let peer = peer_of(&stream)?;
     let mut out = stream.try_clone()?;
     if let Err(why) = authorize(&peer, uid, gid) {
-        tracing::warn!(pid = peer.pid, uid = peer.uid, gid = peer.gid, "recorder trigger refused");
+        tracing::warn!(
+            pid = peer.pid,
+            uid = peer.uid,
+            gid = peer.gid,
+            "recorder trigger refused"
+        );
         return writeln!(out, "refused {why}");
     }
     let mut line = String::new();

@@ -146,7 +146,8 @@ impl RecorderSettings {
 /// Bytes of one camera's ring of `slots` slots.
 pub fn ring_bytes(slots: usize, frame_bytes: usize, shape: &ResultsShape) -> u64 {
     let floats = shape.embed_dim + shape.num_latents * shape.latent_dim + shape.max_scores;
-    let per_slot = frame_bytes + 4 * floats + std::mem::size_of::<std::sync::Mutex<ring::SlotData>>() + 1;
+    let per_slot =
+        frame_bytes + 4 * floats + std::mem::size_of::<std::sync::Mutex<ring::SlotData>>() + 1;
     (slots * per_slot + std::mem::size_of::<Ring>()) as u64
 }
 

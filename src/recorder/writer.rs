@@ -25,7 +25,7 @@ use crate::stats::{Stage, Stats};
 
 /// The name every recording directory starts with; nothing else in the directory counts against the quota
 /// or is ever removed.
-pub const RECORDING_PREFIX: &str = "rec-";
+pub(crate) const RECORDING_PREFIX: &str = "rec-";
 /// A recording being written ends in this; one left by a crash is removed before the next recording.
 const PARTIAL_SUFFIX: &str = ".partial";
 /// What `recording.json` is allowed in the size a recording is checked against the quota with.
@@ -77,7 +77,10 @@ pub enum WriteError {
     Empty,
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> WriteError + 'a {
     move |source| WriteError::Io {
         what,
         path: path.to_owned(),
@@ -202,9 +205,7 @@ pub fn max_recording_bytes(cameras: &[RingCamera], shape: &ResultsShape) -> u64 
             .iter()
             .map(|c| {
                 let n = c.slots as u64;
-                RAW_HEADER_BYTES as u64
-                    + n * (8 + c.frame_bytes() as u64)
-                    + results_bytes(shape, n)
+                RAW_HEADER_BYTES as u64 + n * (8 + c.frame_bytes() as u64) + results_bytes(shape, n)
             })
             .sum::<u64>()
 }
@@ -241,7 +242,12 @@ struct CameraFiles {
 }
 
 impl CameraFiles {
-    fn create(dir: &Path, index: usize, cam: &RingCamera, shape: &ResultsShape) -> Result<CameraFiles, WriteError> {
+    fn create(
+        dir: &Path,
+        index: usize,
+        cam: &RingCamera,
+        shape: &ResultsShape,
+    ) -> Result<CameraFiles, WriteError> {
         let raw_path = dir.join(raw_file(index));
         let results_path = dir.join(results_file(index));
         let file = File::create(&raw_path).map_err(io_err("create", &raw_path))?;
@@ -266,13 +272,25 @@ impl CameraFiles {
         })
     }
 
-    fn write(&mut self, shape: &ResultsShape, slot: &SlotData, record: &mut [u8]) -> Result<(), WriteError> {
+    fn write(
+        &mut self,
+        shape: &ResultsShape,
+        slot: &SlotData,
+        record: &mut [u8],
+    ) -> Result<(), WriteError> {
         let bytes = (slot.meta.frame_bytes as usize).min(slot.frame.len());
         self.raw
             .write_frame(&slot.frame[..bytes], slot.meta.label)
             .map_err(io_err("write", &self.raw_path))?;
         let k = (slot.meta.num_scores as usize).min(slot.scores.len());
-        encode_record(shape, &slot.meta, &slot.embeds, &slot.latents, &slot.scores[..k], record);
+        encode_record(
+            shape,
+            &slot.meta,
+            &slot.embeds,
+            &slot.latents,
+            &slot.scores[..k],
+            record,
+        );
         self.results
             .write_all(record)
             .map_err(io_err("write", &self.results_path))?;
@@ -446,14 +464,17 @@ fn write_window(
     let removed = make_room(dir, need, quota)?;
     ctx.stats.recorder.removed.fetch_add(removed, Relaxed);
     let trigger = job.trigger.as_ref();
-    let stamp = utc(SystemTime::now() - Duration::from_nanos(
-        crate::clock::monotonic_ns().saturating_sub(trigger.map_or(0, |t| t.at_ns)),
-    ))
+    let stamp = utc(SystemTime::now()
+        - Duration::from_nanos(
+            crate::clock::monotonic_ns().saturating_sub(trigger.map_or(0, |t| t.at_ns)),
+        ))
     .replace(['-', ':'], "");
     let name = format!(
         "{RECORDING_PREFIX}{stamp}-{:04}-{}",
         job.number,
-        trigger.map(trigger_slug).unwrap_or_else(|| "trigger".into())
+        trigger
+            .map(trigger_slug)
+            .unwrap_or_else(|| "trigger".into())
     );
     let mut path = dir.join(&name);
     let mut n = 1;
@@ -553,7 +574,11 @@ impl Capture {
 /// A capture's writer: drains every full slot, in order, until stopped; then finishes the files and writes
 /// `recording.json`. The first write error stops the writing (slots are still drained, so the frame path
 /// keeps going) and is the capture's result.
-pub(super) fn capture_loop(shared: Arc<Shared>, ctx: WriterContext, capture: Capture) -> Result<PathBuf, String> {
+pub(super) fn capture_loop(
+    shared: Arc<Shared>,
+    ctx: WriterContext,
+    capture: Capture,
+) -> Result<PathBuf, String> {
     let started = Instant::now();
     let Capture { dir, mut files } = capture;
     let mut record = vec![0u8; ctx.shape.record_bytes()];
@@ -600,7 +625,13 @@ pub(super) fn capture_loop(shared: Arc<Shared>, ctx: WriterContext, capture: Cap
         .iter()
         .map(|r| r.not_recorded.load(Relaxed))
         .collect();
-    let header = ctx.header(RecordingKind::Capture, None, &prompts, &frames, &not_recorded);
+    let header = ctx.header(
+        RecordingKind::Capture,
+        None,
+        &prompts,
+        &frames,
+        &not_recorded,
+    );
     let bytes = write_header(&dir, header, started).map_err(|e| e.to_string())?;
     ctx.stats.recorder.made.fetch_add(1, Relaxed);
     ctx.stats.recorder.bytes.fetch_add(bytes, Relaxed);
@@ -623,7 +654,12 @@ mod tests {
     #[test]
     fn make_room_removes_the_oldest_first() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for (name, bytes) in [("rec-2", 300usize), ("rec-1", 300), ("rec-3", 300), ("other", 5000)] {
+        for (name, bytes) in [
+            ("rec-2", 300usize),
+            ("rec-1", 300),
+            ("rec-3", 300),
+            ("other", 5000),
+        ] {
             let d = dir.path().join(name);
             std::fs::create_dir(&d).expect("mkdir");
             std::fs::write(d.join("f"), vec![0u8; bytes]).expect("write");
@@ -635,7 +671,10 @@ mod tests {
             .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, ["rec-3"]);
-        assert!(dir.path().join("other").exists(), "only recordings are removed");
+        assert!(
+            dir.path().join("other").exists(),
+            "only recordings are removed"
+        );
         assert!(!dir.path().join("rec-0.partial").exists());
         assert!(matches!(
             make_room(dir.path(), 2000, 1000),

@@ -249,7 +249,8 @@ fn check_recorder(config: &Config, manifest: &crate::manifest::Manifest, r: &mut
         return;
     }
     let cameras = build::ring_cameras(config);
-    let most = crate::recorder::max_recording_bytes(&cameras, &build::results_shape(config, manifest));
+    let most =
+        crate::recorder::max_recording_bytes(&cameras, &build::results_shape(config, manifest));
     let stages: Vec<&str> = rec.on_late.iter().map(|s| s.name()).collect();
     r.ok.push(format!(
         "flight recorder: {} frames per camera ({}), recordings of up to {:.1} MiB in {} (quota {} MiB); triggers: late {}{}, SIGUSR1, {}",

@@ -38,8 +38,8 @@ use crate::stats::Stats;
 
 pub use build::{probe_camera, prompt_source, select_engine, PromptSource, Selected};
 pub use check::{check, check_with, CheckReport};
-pub use replay::{replay, replay_config, ReplayError};
 pub use memory::Taken;
+pub use replay::{replay, replay_config, ReplayError};
 
 /// What kind of failure a [`BuildError`] is; the `ocellus` binary's exit code comes from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

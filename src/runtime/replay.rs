@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::pipeline::TestHooks;
 use crate::recorder::compare::{compare, Comparison, Side};
 use crate::recorder::format::{FrameResults, PromptTable};
-use crate::recorder::{Recording, RecorderSettings};
+use crate::recorder::{RecorderSettings, Recording};
 use crate::sink::{FrameResult, Sink, SinkError};
 use crate::source::{CameraSettings, SourceSettings};
 
@@ -165,11 +165,10 @@ pub fn replay(
         }
     }
     runtime.stop();
-    let replayed = std::mem::take(
-        &mut *seen
-            .lock()
-            .map_err(|_| BuildError::runtime("the replay's results were lost (a thread panicked)"))?,
-    );
+    let replayed =
+        std::mem::take(&mut *seen.lock().map_err(|_| {
+            BuildError::runtime("the replay's results were lost (a thread panicked)")
+        })?);
     let names: Vec<String> = recording
         .header
         .cameras

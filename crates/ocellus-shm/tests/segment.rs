@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use ocellus_shm::{
     layout, validate_bytes, CameraCounters, CreateError, Dims, HeaderError, LatentsDtype,
-    RecorderCounts,
-    ReadError, ReaderOptions, Sample, SampleMeta, SampleRef, ShmReader, ShmWriter, WriterConfig,
+    ReadError, ReaderOptions, RecorderCounts, Sample, SampleMeta, SampleRef, ShmReader, ShmWriter,
+    WriterConfig,
 };
 
 fn dims(dtype: LatentsDtype) -> Dims {
