@@ -409,6 +409,11 @@ pub(super) fn window_loop(shared: Arc<Shared>, ctx: WriterContext, dir: PathBuf,
                     Err(e.to_string())
                 }
             };
+            // Unfrozen before the result is told: whoever waited for it may trigger again at once.
+            for ring in shared.rings.iter() {
+                ring.base.store(ring.frozen_end.load(Relaxed), Release);
+            }
+            shared.frozen.store(false, Release);
             if let Ok(mut f) = shared.finished.lock() {
                 if f.len() == FINISHED_KEPT {
                     f.pop_front();
@@ -418,10 +423,6 @@ pub(super) fn window_loop(shared: Arc<Shared>, ctx: WriterContext, dir: PathBuf,
                     result,
                 });
             }
-            for ring in shared.rings.iter() {
-                ring.base.store(ring.frozen_end.load(Relaxed), Release);
-            }
-            shared.frozen.store(false, Release);
             let dropped = ctx.stats.recorder.dropped.load(Relaxed);
             if dropped > dropped_seen {
                 tracing::warn!(dropped = dropped - dropped_seen, "triggers dropped while the recording was written (the recorder keeps one window)");
