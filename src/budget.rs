@@ -32,6 +32,7 @@ pub mod parts {
     pub const TEXT: &str = "text encoder runs";
     pub const RESULTS: &str = "result buffers";
     pub const SHM: &str = "shared-memory segment";
+    pub const RECORDER: &str = "flight recorder";
     pub const CODE: &str = "code and libraries";
     pub const STACKS: &str = "thread stacks";
     pub const HEAP: &str = "start-up heap";

@@ -65,6 +65,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod prepare;
 pub mod prompts;
+pub mod recorder;
 pub mod rt;
 pub mod runtime;
 pub mod scene;

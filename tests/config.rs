@@ -54,6 +54,26 @@ fn documented_example_loads_with_the_defaults() {
         example.model.manifest,
         path.parent().unwrap().join("models/demo/manifest.toml")
     );
+    let (e, d) = (&example.recorder, &default.recorder);
+    assert!(!e.enabled);
+    assert_eq!(
+        (
+            e.window,
+            e.after,
+            e.quota_bytes,
+            &e.on_late,
+            e.on_camera_fault
+        ),
+        (
+            d.window,
+            d.after,
+            d.quota_bytes,
+            &d.on_late,
+            d.on_camera_fault
+        )
+    );
+    assert_eq!(e.dir, path.parent().unwrap().join("recordings"));
+    assert_eq!(e.socket, e.dir.join("trigger.sock"));
 }
 
 #[test]
@@ -120,6 +140,21 @@ fn every_key_of_a_full_config_is_read() {
     assert_eq!(config.shm.latents, ocellus::shm::LatentsDtype::F16);
     assert_eq!(config.logging.level, tracing::Level::DEBUG);
     assert_eq!(config.logging.format, LogFormat::Json);
+    let r = &config.recorder;
+    assert!(r.enabled);
+    assert_eq!(r.window, ocellus::recorder::Window::Frames(90));
+    assert_eq!((r.after, r.quota_bytes), (0.5, 200 << 20));
+    assert_eq!(r.dir, dir.join("rec"));
+    assert_eq!(r.socket, std::path::Path::new("/run/ocellus/trigger.sock"));
+    assert_eq!(
+        r.on_late,
+        [
+            ocellus::stats::Stage::Encoder,
+            ocellus::stats::Stage::EndToEnd
+        ]
+    );
+    assert!(!r.on_camera_fault);
+    assert_eq!(r.slots(0), 90);
 }
 
 /// (fixture, key the error must name, words the message must hold)

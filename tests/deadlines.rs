@@ -217,6 +217,7 @@ fn a_slow_encoder_is_flagged_counted_and_drops_frames_without_growing_anything()
         cfg.testing,
         TestHooks {
             delay: Some((Stage::Encoder, Duration::from_millis(DELAY_MS))),
+            delay_after_frames: None,
             stall_after_frames: None,
         }
     );

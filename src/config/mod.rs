@@ -7,7 +7,8 @@
 //! is used. `bsp/ocellus.example.toml` documents every key.
 //!
 //! The configuration sits above the components: it fills in their own settings types
-//! ([`CameraSettings`], [`PromptSettings`], [`RealtimeSettings`], [`MemorySettings`], [`TestHooks`]) and no
+//! ([`CameraSettings`], [`PromptSettings`], [`RealtimeSettings`], [`MemorySettings`], [`TestHooks`],
+//! [`RecorderSettings`]) and no
 //! component imports it. Parsing reads no other file: that a replay path, the prompts file or the model
 //! bundle exists and fits is checked when the runtime is built (`runtime`), and those errors name the key.
 //!
@@ -23,6 +24,7 @@ use crate::infer::VariantChoice;
 use crate::manifest::EngineKind;
 use crate::pipeline::TestHooks;
 use crate::prompts::PromptSettings;
+use crate::recorder::RecorderSettings;
 use crate::rt::RealtimeSettings;
 use crate::source::CameraSettings;
 
@@ -117,6 +119,8 @@ pub struct Config {
     pub realtime: RealtimeSettings,
     /// `[testing]`: test aids (an artificially slow or stalled stage); off unless the section sets them.
     pub testing: TestHooks,
+    /// `[recorder]`: the flight recorder (off by default).
+    pub recorder: RecorderSettings,
     pub origin: Origin,
 }
 

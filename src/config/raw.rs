@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     pub(super) realtime: RawRealtime,
     #[serde(default)]
     pub(super) testing: RawTesting,
+    #[serde(default)]
+    pub(super) recorder: RawRecorder,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,5 +119,20 @@ pub(super) struct RawRealtime {
 pub(super) struct RawTesting {
     pub(super) delay_stage: Option<String>,
     pub(super) delay_ms: Option<f64>,
+    pub(super) delay_after_frames: Option<u64>,
     pub(super) stall_after_frames: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawRecorder {
+    pub(super) enabled: Option<bool>,
+    pub(super) seconds: Option<f64>,
+    pub(super) frames: Option<usize>,
+    pub(super) after: Option<f64>,
+    pub(super) dir: Option<String>,
+    pub(super) quota_mib: Option<u64>,
+    pub(super) socket: Option<String>,
+    pub(super) on_late: Option<Vec<String>>,
+    pub(super) on_camera_fault: Option<bool>,
 }

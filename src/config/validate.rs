@@ -16,6 +16,7 @@ use crate::infer::{RunVariant, VariantChoice};
 use crate::manifest::EngineKind;
 use crate::pipeline::TestHooks;
 use crate::prompts::{check_prompts, PromptSettings};
+use crate::recorder::{RecorderSettings, Window};
 use crate::rt::RealtimeSettings;
 use crate::source::{CameraSettings, SourceKind, SourceSettings, StallTimeout};
 
@@ -71,9 +72,11 @@ impl Validator<'_> {
             memory: self.memory(raw.memory)?,
             realtime,
             testing: self.testing(raw.testing)?,
+            recorder: RecorderSettings::default(),
             origin: self.origin.clone(),
         };
-        Ok(config)
+        let recorder = self.recorder(raw.recorder, &config.cameras)?;
+        Ok(Config { recorder, ..config })
     }
 
     fn camera(&self, i: usize, rc: RawCamera) -> Result<CameraSettings, ConfigError> {
@@ -533,6 +536,12 @@ impl Validator<'_> {
                 Some((stage, Duration::from_secs_f64(ms / 1000.0)))
             }
         };
+        if rt.delay_after_frames.is_some() && delay.is_none() {
+            return Err(self.err(
+                "testing.delay-after-frames",
+                "only applies with testing.delay-stage and testing.delay-ms: add them, or remove it",
+            ));
+        }
         if rt.stall_after_frames == Some(0) {
             return Err(self.err(
                 "testing.stall-after-frames",
@@ -541,7 +550,115 @@ impl Validator<'_> {
         }
         Ok(TestHooks {
             delay,
+            delay_after_frames: rt.delay_after_frames,
             stall_after_frames: rt.stall_after_frames,
+        })
+    }
+
+    fn recorder(
+        &self,
+        rr: RawRecorder,
+        cameras: &[CameraSettings],
+    ) -> Result<RecorderSettings, ConfigError> {
+        use crate::stats::Stage;
+        let d = RecorderSettings::default();
+        let enabled = rr.enabled.unwrap_or(false);
+        let window = match (rr.seconds, rr.frames) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    "recorder.frames",
+                    "recorder.seconds is set too: give one of them (seconds x each camera's fps, or frames per camera)",
+                ))
+            }
+            (Some(s), None) => {
+                if !s.is_finite() || s <= 0.0 || s > MAX_RECORDER_SECONDS {
+                    return Err(self.err(
+                        "recorder.seconds",
+                        format!("{s}: give a window above 0 and at most {MAX_RECORDER_SECONDS} s"),
+                    ));
+                }
+                Window::Seconds(s)
+            }
+            (None, Some(n)) => {
+                if !(1..=MAX_RECORDER_FRAMES).contains(&n) {
+                    return Err(self.err(
+                        "recorder.frames",
+                        format!("{n} is outside 1..={MAX_RECORDER_FRAMES}"),
+                    ));
+                }
+                Window::Frames(n)
+            }
+            (None, None) => d.window,
+        };
+        if enabled && matches!(window, Window::Seconds(_)) {
+            if let Some(i) = cameras.iter().position(|c| c.fps == 0) {
+                return Err(self.err(
+                    "recorder.seconds",
+                    format!("camera[{i}].fps is 0 (as fast as possible), so a window in seconds has no frame count: give recorder.frames instead, or set camera[{i}].fps"),
+                ));
+            }
+        }
+        let after = rr.after.unwrap_or(d.after);
+        if !after.is_finite() || !(0.0..=MAX_RECORDER_AFTER).contains(&after) {
+            return Err(self.err(
+                "recorder.after",
+                format!("{after}: give the fraction of the window recorded after the trigger, 0..={MAX_RECORDER_AFTER}"),
+            ));
+        }
+        let path = |key: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+            match v {
+                Some(p) if p.trim().is_empty() => Err(self.err(
+                    format!("recorder.{key}"),
+                    "is empty: give a path, or remove the key for the default",
+                )),
+                Some(p) => Ok(Some(self.resolve(&p))),
+                None => Ok(None),
+            }
+        };
+        let dir =
+            path("dir", rr.dir)?.unwrap_or_else(|| self.resolve(crate::recorder::defaults::DIR));
+        let socket = path("socket", rr.socket)?
+            .unwrap_or_else(|| dir.join(crate::recorder::defaults::SOCKET));
+        let quota_mib = rr.quota_mib.unwrap_or(crate::recorder::defaults::QUOTA_MIB);
+        if quota_mib == 0 {
+            return Err(self.err("recorder.quota-mib", "must be at least 1"));
+        }
+        let on_late = match rr.on_late {
+            None => d.on_late,
+            Some(names) => {
+                let mut stages = Vec::with_capacity(names.len());
+                for name in names {
+                    let stage = match name.as_str() {
+                        "dequeue" => Stage::Dequeue,
+                        "prepare" => Stage::Prepare,
+                        "encoder" => Stage::Encoder,
+                        "resampler" => Stage::Resampler,
+                        "publish" => Stage::Publish,
+                        "end-to-end" => Stage::EndToEnd,
+                        other => {
+                            return Err(self.err(
+                                "recorder.on-late",
+                                format!("unknown stage '{other}' (expected dequeue, prepare, encoder, resampler, publish or end-to-end; [] for none)"),
+                            ))
+                        }
+                    };
+                    if !stages.contains(&stage) {
+                        stages.push(stage);
+                    }
+                }
+                stages
+            }
+        };
+        Ok(RecorderSettings {
+            enabled,
+            window,
+            after,
+            dir,
+            quota_bytes: quota_mib << 20,
+            socket,
+            on_late,
+            on_camera_fault: rr.on_camera_fault.unwrap_or(d.on_camera_fault),
+            capture: None,
         })
     }
 

@@ -16,6 +16,9 @@ pub(super) struct CaptureState {
     pub(super) source: Box<dyn FrameSource>,
     pub(super) handoff: Arc<Handoff>,
     pub(super) restarted: Arc<AtomicBool>,
+    /// Wait for the inference thread to take the previous frame instead of displacing it (`ocellus replay`:
+    /// every frame is processed).
+    pub(super) lossless: bool,
 }
 
 /// How often a capture thread retries opening a camera whose device is gone (a missing path costs one failed
@@ -118,6 +121,9 @@ pub(super) fn capture_loop(
                     tracing::info!(camera = cap.index, name = %cap.name, "camera recovered");
                 }
                 backoff = backoff_min;
+                while cap.lossless && !cap.handoff.slot.is_empty() && running.load(Relaxed) {
+                    std::thread::park_timeout(Duration::from_millis(1));
+                }
                 if let Some(old) = cap.handoff.slot.force_push(buf) {
                     counters.dropped.fetch_add(1, Relaxed);
                     let _ = cap.handoff.pool.give(old);

@@ -19,6 +19,9 @@ use crate::pipeline::{CameraSpec, Deadlines, Pipeline, PipelineSettings};
 use crate::prompts::{
     load_prototypes, PromptError, PromptSet, PromptWatcher, TextEncoder, POLL_INTERVAL,
 };
+use crate::recorder::{
+    max_recording_bytes, ModelIdentity, Recorder, RecorderSpec, ResultsShape, RingCamera,
+};
 use crate::shm::{Dims, WriterConfig};
 use crate::sink::{LogSink, ShmSink, ShmSinkConfig, Sink};
 use crate::source::{self, SourceSettings};
@@ -44,6 +47,7 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
         "inference variant chosen"
     );
     let with_shm = options.shm != ShmTarget::Off;
+    check_recorder(config, &manifest)?;
     // Refuse a configuration that cannot fit before loading the models, then again with their plans.
     estimate(config, &manifest, &selected, with_shm)?;
     let (engine, selected, timing) = engine(config, &manifest, selected, options.remeasure)?;
@@ -81,10 +85,11 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
         variant_reason: selected.reason.clone(),
         threads: selected.settings.threads,
         embed_dim: engine.embed_dim(),
+        identity: model_identity(&manifest, &selected),
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LogSink::new())];
     let mut pipeline = Pipeline::new(
-        settings(config, deadlines, options.max_frames),
+        settings(config, deadlines, options.max_frames, options.lossless),
         cameras,
         engine,
         &manifest.preprocess,
@@ -107,6 +112,24 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
         let sink = make(Arc::clone(pipeline.stats()));
         pipeline.add_sink(sink).map_err(BuildError::runtime)?;
     }
+    let recorder = if config.recorder.is_on() {
+        let spec = RecorderSpec {
+            settings: config.recorder.clone(),
+            cameras: ring_cameras(config),
+            shape: results_shape(config, &manifest),
+            model: model.identity.clone(),
+        };
+        let (recorder, tap) = Recorder::new(spec, Arc::clone(pipeline.stats()));
+        pipeline.set_recorder(tap).map_err(BuildError::runtime)?;
+        if let Some(out) = &config.recorder.capture {
+            tracing::info!(out = %out.display(), "capturing every processed frame");
+        } else {
+            tracing::info!(dir = %config.recorder.dir.display(), socket = %config.recorder.socket.display(), "flight recorder on");
+        }
+        Some(recorder)
+    } else {
+        None
+    };
     let taken = if options.take_memory {
         let taken = memory::take(&plan, &config.memory).map_err(BuildError::config)?;
         tracing::info!(
@@ -127,6 +150,7 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
         taken,
         model,
         segment,
+        recorder,
     })
 }
 
@@ -579,16 +603,84 @@ pub(super) fn settings(
     config: &Config,
     deadlines: Deadlines,
     max_frames: Option<u64>,
+    lossless: bool,
 ) -> PipelineSettings {
     PipelineSettings {
         deadlines,
         max_frames,
+        lossless,
         max_prompts: config.prompts.max,
         realtime: config.realtime.clone(),
         test_hooks: config.testing,
         ground_truth: Some(crate::scene::class_prompt),
         ..PipelineSettings::default()
     }
+}
+
+/// Each camera as the recorder sees it, with its ring's slots.
+pub(crate) fn ring_cameras(config: &Config) -> Vec<RingCamera> {
+    config
+        .cameras
+        .iter()
+        .map(|c| RingCamera {
+            name: c.name.clone(),
+            source: c.kind().name().into(),
+            format: c.format,
+            width: c.width,
+            height: c.height,
+            fps: c.fps,
+            slots: config.recorder.slots(c.fps),
+        })
+        .collect()
+}
+
+/// The result arrays a recording holds for this configuration and bundle.
+pub(crate) fn results_shape(config: &Config, manifest: &Manifest) -> ResultsShape {
+    ResultsShape {
+        embed_dim: manifest.embed_dim,
+        num_latents: manifest.resampler.num_latents,
+        latent_dim: manifest.resampler.latent_dim,
+        max_scores: config.prompts.max,
+    }
+}
+
+/// What a recording says about the model that ran.
+pub(crate) fn model_identity(manifest: &Manifest, selected: &Selected) -> ModelIdentity {
+    let s = &selected.settings;
+    let sha = |role| {
+        manifest
+            .file_for(role, s.variant.file_variant(), s.engine)
+            .map(|f| f.sha256.clone())
+            .unwrap_or_default()
+    };
+    ModelIdentity {
+        name: manifest.name.clone(),
+        engine: s.engine.to_string(),
+        variant: s.variant.to_string(),
+        threads: s.threads,
+        cpu: selected.cpu.to_string(),
+        vision_sha256: sha(ModelRole::Vision),
+        resampler_sha256: sha(ModelRole::Resampler),
+    }
+}
+
+/// Phase 3a: a flight recording of full rings fits `recorder.quota-mib` (else every recording would fail).
+pub(crate) fn check_recorder(config: &Config, manifest: &Manifest) -> Result<(), BuildError> {
+    let r = &config.recorder;
+    if !r.enabled || r.capture.is_some() {
+        return Ok(());
+    }
+    let need = max_recording_bytes(&ring_cameras(config), &results_shape(config, manifest));
+    if need > r.quota_bytes {
+        return Err(BuildError::config(format!(
+            "config {}: recorder.quota-mib: one recording of the whole window takes up to {:.1} MiB on disk, more than the quota of {} MiB: raise recorder.quota-mib to at least {}, or lower recorder.seconds / recorder.frames",
+            config.origin,
+            need as f64 / (1u64 << 20) as f64,
+            r.quota_bytes >> 20,
+            need.div_ceil(1 << 20)
+        )));
+    }
+    Ok(())
 }
 
 /// The shared-memory segment's dimensions for this configuration and bundle.

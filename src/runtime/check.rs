@@ -123,6 +123,7 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
         config.model.threads_origin.reason()
     ));
     let variant = selected.settings.variant.file_variant();
+    check_recorder(config, &manifest, &mut r);
     if let Err(e) = build::estimate(config, &manifest, &selected, true) {
         r.problems.push(e.message);
         return r;
@@ -223,6 +224,45 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
         Err(e) => r.problems.push(e.message),
     }
     r
+}
+
+/// The flight recorder: a whole window fits the disk quota, and its directory can be written.
+fn check_recorder(config: &Config, manifest: &crate::manifest::Manifest, r: &mut CheckReport) {
+    let rec = &config.recorder;
+    if !rec.enabled {
+        return;
+    }
+    if let Err(e) = build::check_recorder(config, manifest) {
+        r.problems.push(e.message);
+        return;
+    }
+    let probe = rec.dir.join(".ocellus-check");
+    let writable = std::fs::create_dir_all(&rec.dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe));
+    if let Err(e) = writable {
+        r.problems.push(format!(
+            "config {}: recorder.dir {}: cannot write there ({e}): create it writable by the service's user, or point recorder.dir elsewhere",
+            config.origin,
+            rec.dir.display()
+        ));
+        return;
+    }
+    let cameras = build::ring_cameras(config);
+    let most =
+        crate::recorder::max_recording_bytes(&cameras, &build::results_shape(config, manifest));
+    let stages: Vec<&str> = rec.on_late.iter().map(|s| s.name()).collect();
+    r.ok.push(format!(
+        "flight recorder: {} frames per camera ({}), recordings of up to {:.1} MiB in {} (quota {} MiB); triggers: late {}{}, SIGUSR1, {}",
+        cameras.iter().map(|c| c.slots.to_string()).collect::<Vec<_>>().join(" + "),
+        config.cameras.first().map(|c| rec.window_detail(c.fps)).unwrap_or_default(),
+        most as f64 / (1u64 << 20) as f64,
+        rec.dir.display(),
+        rec.quota_bytes >> 20,
+        if stages.is_empty() { "(none)".to_owned() } else { stages.join(", ") },
+        if rec.on_camera_fault { ", camera faults" } else { "" },
+        rec.socket.display()
+    ));
 }
 
 /// Opens and starts the camera's source (which checks that it can deliver the configured format and size),

@@ -257,6 +257,44 @@ pub fn plan(
         shrink: "lower prompts.max or set shm.latents = \"f16\"",
     });
 
+    let recorder = &config.recorder;
+    let mut recorder_threads = 0;
+    if recorder.is_on() {
+        let shape = super::build::results_shape(config, manifest);
+        let cameras = super::build::ring_cameras(config);
+        let rings: Vec<u64> = cameras
+            .iter()
+            .map(|c| crate::recorder::ring_bytes(c.slots, c.frame_bytes(), &shape))
+            .collect();
+        let detail = cameras
+            .iter()
+            .zip(&config.cameras)
+            .map(|(c, cam)| {
+                format!(
+                    "{} {} frames ({}) x ({} frame + {} results)",
+                    c.name,
+                    c.slots,
+                    recorder.window_detail(cam.fps),
+                    human(c.frame_bytes() as u64),
+                    human(shape.record_bytes() as u64)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + ");
+        plan.push(Part {
+            name: parts::RECORDER,
+            detail: if recorder.capture.is_some() {
+                format!("capture rings: {detail}")
+            } else {
+                format!("rings of the last frames: {detail}")
+            },
+            bytes: rings.iter().sum(),
+            shrink: "lower recorder.seconds or recorder.frames, or set recorder.enabled = false",
+        });
+        // The writer; the flight recorder's control socket and signal handler.
+        recorder_threads = if recorder.capture.is_some() { 1 } else { 3 };
+    }
+
     let (code, measured) = match crate::alloc::mapped_file_bytes() {
         Some(b) => (b, "mapped now"),
         None => (CODE_BYTES_UNKNOWN, "not readable, assumed"),
@@ -272,8 +310,8 @@ pub fn plan(
     } else {
         0
     };
-    // main, inference, shared-memory heartbeat, status line, prompt watcher, capture per camera.
-    let threads = 5 + config.cameras.len() as u64 + workers;
+    // main, inference, shared-memory heartbeat, status line, prompt watcher, capture per camera, recorder.
+    let threads = 5 + config.cameras.len() as u64 + workers + recorder_threads;
     plan.push(Part {
         name: parts::STACKS,
         detail: format!("{threads} threads x {}", human(THREAD_STACK_BYTES)),

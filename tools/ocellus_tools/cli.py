@@ -193,7 +193,16 @@ def _calibration(args, pre, source: str) -> tuple[list, list, dict]:
 
     held_out = []
     record = {}
-    if args.images is not None:
+    if getattr(args, "recording", None) is not None:
+        from .recording import open_recording
+
+        rec = open_recording(args.recording)
+        images = [cam.rgb(i) for cam in rec.cameras for i in range(len(cam))]
+        if not images:
+            raise ToolError(f"recording {args.recording} holds no frames: record longer (ocellus record --duration S)")
+        what = f"{len(images)} recorded frames from {args.recording}"
+        record["source"] = f"recording:{Path(args.recording).resolve()}"
+    elif args.images is not None:
         files = list_images(args.images)
         images = load_images(files)
         if not images:
@@ -450,11 +459,13 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     cal = q.add_mutually_exclusive_group()
     cal.add_argument("--images", type=Path, metavar="DIR", help="calibration images (png, jpg, ...)")
+    cal.add_argument("--recording", type=Path, metavar="DIR",
+                     help="calibrate on a recording's frames (`ocellus record --duration S --out DIR`, docs/recorder.md)")
     cal.add_argument("--scenes", type=int, default=64, metavar="N", help="generated scenes to calibrate on (default 64)")
     q.add_argument("--seed", type=int, default=7, help="seed of the generated calibration scenes")
     q.add_argument("--target-cosine", type=float, default=0.9995,
                    help="smallest cosine to fp32 an int8 file may have on any output (measured in the engine the "
-                        "file is for, on 32 held-out scenes, or a subset of the --images); nodes are left in float "
+                        "file is for, on 32 held-out scenes, or a subset of the --images or --recording's frames); nodes are left in float "
                         "until it is met (default 0.9995; 0 quantizes every candidate)")
     q.add_argument("--keep-slower", "--force", dest="keep_slower", action="store_true",
                    help="write int8 files even where they run slower than fp32 on this CPU (for bundles deployed "
