@@ -143,3 +143,31 @@ bench:
 
 bench-criterion:
 	cargo bench --locked --workspace
+
+# The ViT-B scale bundles (not committed: 0.9-1.2 GB each; not in CI: about 10 and 25 minutes to build here):
+# ViT-B/32 + Perceiver Resampler and SigLIP B/16 + Q-Former from random seeded checkpoints, through export,
+# quantize, validate and manifest (tools/scripts/make-scale-bundles.sh; rebuilt only when the tools change).
+# bench-scale runs `ocellus bench` on each with benches/scale.toml.in.
+SCALE_MODELS ?= $(CACHE)/models
+SCALE_BUNDLES ?= vitb32-perceiver siglipb16-qformer
+SCALE_FRAMES ?= 200
+
+.PHONY: scale-bundles bench-scale
+scale-bundles:
+	tools/scripts/make-scale-bundles.sh $(PY) $(SCALE_MODELS)
+
+bench-scale: scale-bundles
+	mkdir -p $(BENCH_DIR)
+	for b in $(SCALE_BUNDLES); do \
+		sed "s|@MANIFEST@|$(SCALE_MODELS)/$$b/manifest.toml|" benches/scale.toml.in > $(BENCH_DIR)/$$b.toml && \
+		cargo run --locked --release -- bench -c $(BENCH_DIR)/$$b.toml --frames $(SCALE_FRAMES) --python $(PY) \
+			--json $(BENCH_DIR)/$$b.json --plot $(BENCH_DIR)/$$b.svg || exit 1; \
+	done
+
+# The long soak (docs/soak.md; not in CI): 1,000,000 frames or 2 hours of the demo pipeline with the prompts
+# file rewritten and a C reader attached; samples, plot and figures in $(SOAK_OUT).
+SOAK_OUT ?= $(CACHE)/soak
+
+.PHONY: soak
+soak:
+	SOAK_OUT=$(SOAK_OUT) cargo test --locked --release --test soak -- --ignored --nocapture

@@ -27,6 +27,7 @@ pub mod parts {
     pub const SOURCES: &str = "camera sources";
     pub const PREPARED: &str = "prepared tensors";
     pub const WEIGHTS: &str = "model weights";
+    pub const LOADING: &str = "model loading";
     pub const ENGINE: &str = "tract working memory";
     pub const TEXT: &str = "text encoder runs";
     pub const RESULTS: &str = "result buffers";

@@ -79,11 +79,12 @@ fn plan_line(stdout: &str, part: &str) -> u64 {
     parse_size(&rest[..end])
 }
 
-const PARTS: [&str; 11] = [
+const PARTS: [&str; 12] = [
     "frame pools",
     "camera sources",
     "prepared tensors",
     "model weights",
+    "model loading",
     "tract working memory",
     "text encoder runs",
     "result buffers",
@@ -189,6 +190,7 @@ fn a_budget_that_only_the_planned_models_exceed_is_refused_after_planning() {
         Variant::Fp32,
         true,
         None,
+        &[],
     );
     let file = |role| FileSize {
         role,
@@ -221,9 +223,9 @@ fn a_budget_that_only_the_planned_models_exceed_is_refused_after_planning() {
         480,
         &format!("[budgets]\nmemory-mib = {budget}\n"),
     );
-    let estimate = memory::plan(&config, &manifest, Variant::Fp32, true, None);
+    let estimate = memory::plan(&config, &manifest, Variant::Fp32, true, None, &[]);
     estimate.check().expect("the estimate fits");
-    let planned = memory::plan(&config, &manifest, Variant::Fp32, true, Some(&models));
+    let planned = memory::plan(&config, &manifest, Variant::Fp32, true, Some(&models), &[]);
     let err = planned.check().expect_err("the planned models do not fit");
     let message = err.to_string();
     assert!(message.contains("tract working memory region"), "{message}");
@@ -246,8 +248,8 @@ fn the_estimate_counts_what_the_config_asks_for() {
         1080,
         "[budgets]\nmemory-mib = 64\n[prompts]\nmax = 1024\n",
     );
-    let a = memory::plan(&small, &manifest, Variant::Fp32, true, None);
-    let b = memory::plan(&big, &manifest, Variant::Fp32, true, None);
+    let a = memory::plan(&small, &manifest, Variant::Fp32, true, None, &[]);
+    let b = memory::plan(&big, &manifest, Variant::Fp32, true, None, &[]);
     let pools = |p: &MemoryPlan| p.part("frame pools").map(|p| p.bytes).unwrap_or(0);
     assert_eq!(pools(&a), 4 * 640 * 480 * 2);
     assert_eq!(pools(&b), 3 * 4 * 1920 * 1080 * 3);
@@ -255,7 +257,7 @@ fn the_estimate_counts_what_the_config_asks_for() {
     let shm = |p: &MemoryPlan| p.part("shared-memory segment").map(|p| p.bytes);
     assert!(shm(&b) > shm(&a));
     assert_eq!(
-        memory::plan(&small, &manifest, Variant::Fp32, false, None)
+        memory::plan(&small, &manifest, Variant::Fp32, false, None, &[])
             .part("shared-memory segment")
             .map(|p| p.bytes),
         Some(0)
@@ -377,4 +379,53 @@ fn memory_keys_are_validated() {
             e.key()
         );
     }
+}
+
+/// The plan counts the load-time peak: three copies of a file's weights while it loads, beside the files
+/// loaded before it; on `auto`'s first start, the heaviest candidate it measures (one engine at a time).
+#[test]
+fn the_plan_counts_the_load_time_peak_and_autos_first_start() {
+    use ocellus::budget::parts;
+    use ocellus::manifest::ModelRole::{Resampler, Text, Vision};
+    let manifest =
+        Manifest::load(&root().join("models/demo/manifest.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(1, "yuyv", 640, 480, "");
+    let loading = |p: &MemoryPlan| {
+        p.parts
+            .iter()
+            .find(|p| p.name == parts::LOADING)
+            .map(|p| p.bytes)
+            .expect("a model loading part")
+    };
+    let size = |role, v| manifest.file(role, v).map(|f| f.size).expect("demo file");
+    let (vi, ri, ti) = (
+        size(Vision, Variant::Int8),
+        size(Resampler, Variant::Int8),
+        size(Text, Variant::Int8),
+    );
+    let (vf, rf) = (size(Vision, Variant::Fp32), size(Resampler, Variant::Fp32));
+    let weights = vi + ri + ti;
+    let kept_peak = (3 * vi).max(vi + 3 * ri).max(vi + ri + 3 * ti);
+
+    let kept = memory::plan(&cfg, &manifest, Variant::Int8, true, None, &[]);
+    assert_eq!(loading(&kept), kept_peak.saturating_sub(weights));
+
+    let first = memory::plan(
+        &cfg,
+        &manifest,
+        Variant::Int8,
+        true,
+        None,
+        &[Variant::Int8, Variant::Fp32],
+    );
+    let first_peak = kept_peak.max(3 * vf).max(vf + 3 * rf);
+    assert_eq!(loading(&first), first_peak.saturating_sub(weights));
+    assert!(
+        first_peak > kept_peak,
+        "the demo's fp32 vision file is the heaviest load"
+    );
+    assert_eq!(
+        first.total_bytes() - kept.total_bytes(),
+        first_peak - kept_peak
+    );
 }

@@ -349,6 +349,28 @@ fn realtime_section_parses_into_policies() {
 }
 
 #[test]
+fn inference_threads_default_to_the_cpus_the_inference_role_is_given() {
+    use ocellus::config::ThreadsOrigin;
+    let threads = |text: &str| {
+        let c = Config::parse(&format!("{RT_CAMERA}\n{text}\n"), Origin::Embedded)
+            .expect("valid config");
+        (c.model.threads, c.model.threads_origin)
+    };
+    // Not pinned: one thread, so ocellus does not take a core the control loop may run on.
+    assert_eq!(threads(""), (1, ThreadsOrigin::Default));
+    // Pinned to two CPUs: one matrix-product thread on each.
+    assert_eq!(
+        threads("[realtime]\ninference-cpus = [2, 3]"),
+        (2, ThreadsOrigin::InferenceCpus)
+    );
+    // Said in the file: that, whatever the pinning.
+    assert_eq!(
+        threads("[model]\nthreads = 1\n[realtime]\ninference-cpus = [2, 3]"),
+        (1, ThreadsOrigin::Configured)
+    );
+}
+
+#[test]
 fn bad_realtime_values_name_the_key() {
     for (text, key, needle) in [
         ("capture-cpus = []", "realtime.capture-cpus", "is empty"),

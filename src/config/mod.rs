@@ -120,6 +120,28 @@ pub struct Config {
     pub origin: Origin,
 }
 
+/// Where `model.threads` came from: the file, or the default (one per CPU in `realtime.inference-cpus`, else
+/// one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadsOrigin {
+    Configured,
+    InferenceCpus,
+    Default,
+}
+
+impl ThreadsOrigin {
+    /// Why the engine runs this many threads, for the start-up line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ThreadsOrigin::Configured => "model.threads",
+            ThreadsOrigin::InferenceCpus => "one per CPU in realtime.inference-cpus",
+            ThreadsOrigin::Default => {
+                "the default when realtime.inference-cpus is not set (set it, or model.threads, to use more CPUs)"
+            }
+        }
+    }
+}
+
 /// `[model]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelConfig {
@@ -131,6 +153,8 @@ pub struct ModelConfig {
     pub variant: VariantChoice,
     /// Threads the engine may use for inference.
     pub threads: usize,
+    /// Where `threads` came from.
+    pub threads_origin: ThreadsOrigin,
     /// `cpu-isa`: edits the instruction-set features tract uses (tract's `TRACT_CPU_ISA` syntax), e.g.
     /// `"-avx512vnni,-avxvnni"` to run as an AVX2-only machine would.
     pub cpu_isa: Option<String>,

@@ -8,7 +8,7 @@ use super::defaults::{self, *};
 use super::raw::*;
 use super::{
     Budgets, Config, ConfigError, LogFormat, LoggingConfig, ModelConfig, Origin, ShmConfig,
-    DEFAULT_MANIFEST,
+    ThreadsOrigin, DEFAULT_MANIFEST,
 };
 use crate::alloc::MemorySettings;
 use crate::frame::PixelFormat;
@@ -60,15 +60,16 @@ impl Validator<'_> {
             }
             cameras.push(camera);
         }
+        let realtime = self.realtime(raw.realtime)?;
         let config = Config {
             cameras,
-            model: self.model(raw.model)?,
+            model: self.model(raw.model, &realtime)?,
             prompts: self.prompts(raw.prompts)?,
             budgets: self.budgets(raw.budgets)?,
             shm: self.shm(raw.shm)?,
             logging: self.logging(raw.logging)?,
             memory: self.memory(raw.memory)?,
-            realtime: self.realtime(raw.realtime)?,
+            realtime,
             testing: self.testing(raw.testing)?,
             origin: self.origin.clone(),
         };
@@ -251,7 +252,7 @@ impl Validator<'_> {
         })
     }
 
-    fn model(&self, rm: RawModel) -> Result<ModelConfig, ConfigError> {
+    fn model(&self, rm: RawModel, realtime: &RealtimeSettings) -> Result<ModelConfig, ConfigError> {
         let manifest = match rm.manifest {
             Some(p) if p.trim().is_empty() => {
                 return Err(self.err(
@@ -292,7 +293,15 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let threads = rm.threads.unwrap_or(defaults::THREADS);
+        // Left out, the engine gets one thread per CPU the inference role is pinned to, and one thread
+        // when it is not pinned: ocellus does not take a core the control loop may be running on.
+        let (threads, threads_origin) = match rm.threads {
+            Some(n) => (n, ThreadsOrigin::Configured),
+            None if !realtime.inference.cpus.is_empty() => {
+                (realtime.inference.cpus.len(), ThreadsOrigin::InferenceCpus)
+            }
+            None => (defaults::THREADS, ThreadsOrigin::Default),
+        };
         if !(1..=MAX_THREADS).contains(&threads) {
             return Err(self.err(
                 "model.threads",
@@ -314,6 +323,7 @@ impl Validator<'_> {
             engine,
             variant,
             threads,
+            threads_origin,
             cpu_isa,
             measurements,
         })

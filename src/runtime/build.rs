@@ -39,6 +39,8 @@ pub(super) fn build(config: &Config, options: RuntimeOptions) -> Result<Runtime,
         variant = %selected.settings.variant,
         why = %selected.reason,
         cpu = %selected.cpu,
+        threads = config.model.threads,
+        threads_why = config.model.threads_origin.reason(),
         "inference variant chosen"
     );
     let with_shm = options.shm != ShmTarget::Off;
@@ -178,6 +180,9 @@ pub struct Selected {
     pub cpu: CpuFeatures,
     /// Variants `auto` measures before keeping the fastest (see [`super::calibrate`]).
     pub candidates: Vec<RunVariant>,
+    /// The candidates this start loaded and timed (empty until the models are loaded, and when the
+    /// measurements file remembered the choice): the memory plan counts their load-time peak.
+    pub measured: Vec<RunVariant>,
 }
 
 /// Phase 2b: `model.cpu-isa` applied, the CPU's features read, `model.variant` resolved for the engine.
@@ -197,6 +202,7 @@ pub fn select_engine(config: &Config, manifest: &Manifest) -> Result<Selected, B
         reason: choice.reason,
         cpu,
         candidates: choice.candidates,
+        measured: Vec::new(),
     })
 }
 
@@ -219,7 +225,12 @@ pub(super) fn estimate(
                 .sum::<u64>()
         })
         .unwrap_or(selected.settings.variant.file_variant());
-    let plan = memory::plan(config, manifest, variant, with_shm, None);
+    let calibrating: Vec<_> = selected
+        .candidates
+        .iter()
+        .map(|v| v.file_variant())
+        .collect();
+    let plan = memory::plan(config, manifest, variant, with_shm, None, &calibrating);
     plan.check().map_err(BuildError::config)?;
     Ok(plan)
 }
@@ -283,9 +294,13 @@ pub(super) fn engine(
         let engine = load(variant)?;
         return Ok((engine, selected, m.timing));
     }
-    let mut best: Option<(Box<dyn InferenceEngine>, RunVariant, EngineTiming)> = None;
+    // One engine alive at a time, so memory never holds two variants (the plan counts one): each candidate
+    // is timed and dropped, and the fastest loaded again unless it was the last one timed.
+    let mut best: Option<(RunVariant, EngineTiming)> = None;
+    let mut last: Option<(Box<dyn InferenceEngine>, RunVariant)> = None;
     let mut p50 = BTreeMap::new();
     for &variant in &candidates {
+        drop(last.take());
         let mut engine = match load(variant) {
             Ok(e) => e,
             // f16 is a candidate only if its outputs stay close enough to fp32 for this bundle.
@@ -297,15 +312,24 @@ pub(super) fn engine(
         };
         let timing = time(&mut engine)?;
         p50.insert(variant.to_string(), timing.p50_ms());
+        selected.measured.push(variant);
         if best
             .as_ref()
-            .is_none_or(|(_, _, b)| timing.p50_ms() < b.p50_ms())
+            .is_none_or(|(_, b)| timing.p50_ms() < b.p50_ms())
         {
-            best = Some((engine, variant, timing));
+            best = Some((variant, timing));
         }
+        last = Some((engine, variant));
     }
-    let Some((engine, variant, timing)) = best else {
+    let Some((variant, timing)) = best else {
         return Err(BuildError::config("no variant to load"));
+    };
+    let engine = match last {
+        Some((engine, v)) if v == variant => engine,
+        other => {
+            drop(other);
+            load(variant)?
+        }
     };
     if candidates.len() > 1 {
         selected.reason = format!("{}; measured here: {}", selected.reason, summary(&p50));
@@ -524,6 +548,11 @@ pub(super) fn plan(
         selected.settings.variant.file_variant(),
         with_shm,
         Some(&models),
+        &selected
+            .measured
+            .iter()
+            .map(|v| v.file_variant())
+            .collect::<Vec<_>>(),
     );
     plan.check().map_err(BuildError::config)?;
     Ok(plan)

@@ -117,6 +117,11 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
             selected.settings.engine, selected.settings.variant, selected.reason
         ));
     }
+    r.ok.push(format!(
+        "inference threads: {} ({})",
+        config.model.threads,
+        config.model.threads_origin.reason()
+    ));
     let variant = selected.settings.variant.file_variant();
     if let Err(e) = build::estimate(config, &manifest, &selected, true) {
         r.problems.push(e.message);
@@ -140,6 +145,8 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
         }
     }
     let mut measured_region = 0;
+    // What the engine kept (auto's choice, and the candidates it measured) decides the text encoder and the plan.
+    let mut selected = selected;
     let engine = match build::engine(config, &manifest, selected.clone(), measure) {
         Ok((engine, chosen, timing)) => {
             measured_region = timing.region_bytes;
@@ -157,6 +164,7 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
                 Ok(d) => r.budgets = Some(budgets_table(config, &d)),
                 Err(e) => r.problems.push(e.message),
             }
+            selected = chosen;
             Some(engine)
         }
         Err(e) => {

@@ -31,7 +31,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 class Built:
-    """Bundles built once per session, keyed by (family, resampler); each records the CLI's outputs."""
+    """Bundles built once per session, keyed by (family, resampler); each records the CLI's outputs (stdout, and
+    stderr under "<step>:stderr"). quantize runs with --keep-slower: these tiny models run no faster in int8 on any
+    CPU, and the tests need their int8 files."""
 
     def __init__(self, root: Path, checkpoints: dict[str, Path]):
         self.root = root
@@ -46,7 +48,7 @@ class Built:
             steps = [
                 ["export", "--hf", str(self.checkpoints[family]), "--out", str(out), "--resampler", resampler,
                  "--latents", "8", "--resampler-depth", "2", "--seed", "5"],
-                ["quantize", str(out), "--scenes", "16"],
+                ["quantize", str(out), "--scenes", "16", "--keep-slower"],
                 ["validate", str(out)],
                 ["manifest", str(out)],
             ]
@@ -54,6 +56,7 @@ class Built:
                 rc, so, se = run_cli(step, capsys)
                 assert rc == 0, f"{step[0]} failed: {se}"
                 logs[step[0]] = so
+                logs[f"{step[0]}:stderr"] = se
             self.cache[key] = (out, logs)
         return self.cache[key]
 
