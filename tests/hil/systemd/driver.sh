@@ -13,7 +13,8 @@
 #   stop        systemctl stop: exit status 0, segment marked stopped, camera released
 #   badconfig   a misspelt key: exit code 2, not restarted
 #   disconnect  vivid's Disconnect: the service reopens the camera itself (no restart, same MainPID)
-#   journal     journald holds the structured fields (CAMERA, STAGE, OVERRUN_MS) to filter on
+#   journal     journald holds the lines (camera=0, WARN); the structured fields (CAMERA, STAGE, OVERRUN_MS) are
+#               reported NOT RUN: ocellus writes text to stderr, not to journald natively
 #
 # Every check prints "hil-systemd: ok: ..." or "hil-systemd: FAIL: ..."; the verdict is the number of failures,
 # printed as "HIL-VERDICT rc=N" and, on amd64, written to qemu's isa-debug-exit port.
