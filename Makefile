@@ -83,6 +83,13 @@ run:
 test-hil:
 	CACHE=$(CACHE) tests/hil/run.sh
 
+# The service as the robot runs it: systemd as PID 1 in a VM, the amd64 .deb installed, watchdog, restarts, stop,
+# a bad config, a camera disconnect, the journal (docs/hil.md, "systemd as PID 1"). Not in `make test`: a systemd
+# boot and the checks under TCG take several minutes on top of CI's budget. Needs root and the Debian mirror once.
+.PHONY: test-hil-systemd
+test-hil-systemd:
+	CACHE=$(CACHE) tests/hil/systemd.sh amd64 $(DEB_DIR)/ocellus_$(DEB_VERSION)_amd64.deb
+
 # --- The robot: aarch64 cross build, tested under qemu-user, and Debian packages (bsp/, docs/deploy.md) ---------
 # Linker, runner and cross C compiler are in .cargo/config.toml. Cross builds use their own target directory, so a
 # long aarch64 build never holds the host target directory's lock.
