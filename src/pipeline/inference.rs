@@ -290,7 +290,7 @@ impl InferState {
                 image_embeds: &self.output.image_embeds,
                 latents: &self.output.latents,
                 scores,
-                prompts: &*prompts,
+                prompts: &prompts,
             });
         }
         true

@@ -154,7 +154,7 @@ fn bits_equal(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-fn labels<'a>(prompts: &'a [PromptTable], version: u64) -> Option<&'a [String]> {
+fn labels(prompts: &[PromptTable], version: u64) -> Option<&[String]> {
     prompts
         .iter()
         .find(|p| p.version == version)
