@@ -445,7 +445,7 @@ mod tests {
             ),
             (1, "b", "a")
         );
-        assert!((c.changed[0].cosine - 0.8).abs() < 1e-9);
+        assert!((c.changed[0].cosine - 0.8).abs() < 1e-6);
         let a = c.score_differences.iter().find(|d| d.label == "a").unwrap();
         assert!((a.max_abs - 0.5).abs() < 1e-6);
         let acc = c.accuracy.unwrap();

@@ -666,7 +666,7 @@ mod tests {
             std::fs::write(d.join("f"), vec![0u8; bytes]).expect("write");
         }
         std::fs::create_dir(dir.path().join("rec-0.partial")).expect("mkdir");
-        assert_eq!(make_room(dir.path(), 400, 1000).expect("room"), 2);
+        assert_eq!(make_room(dir.path(), 500, 1000).expect("room"), 2);
         let left: Vec<String> = recordings_in(dir.path())
             .iter()
             .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
