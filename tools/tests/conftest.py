@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -113,3 +114,14 @@ def capsys_session_free():
         return rc, out.getvalue(), err.getvalue()
 
     return run
+
+
+@pytest.fixture
+def ocellus_bin():
+    """The runtime binary the round-trip tests run (OCELLUS_BIN; `make test-python` sets it). Unset is a
+    failure, not a skip: a skipped round trip would hide that the runtime and the tools no longer agree."""
+    path = os.environ.get("OCELLUS_BIN")
+    if not path:
+        pytest.fail("OCELLUS_BIN is unset: set it to a built `ocellus` binary, e.g. "
+                    "OCELLUS_BIN=$HOME/.cache/ocellus/target/release/ocellus (make test-python does)")
+    return path

@@ -109,8 +109,7 @@ lock = false
     return path
 
 
-@pytest.mark.skipif(not OCELLUS_BIN, reason="OCELLUS_BIN is unset: set it to a built `ocellus` binary (make test-python "
-                                            "does)")
+@pytest.mark.usefixtures("ocellus_bin")
 def test_replay_with_int8_agrees_with_evaluate_on_the_recorded_demo_scenes(tmp_path, capsys):
     capture = tmp_path / "capture"
     ocellus("record", "--frames", "64", "--config", str(demo_config(tmp_path / "fp32.toml", "fp32")),
