@@ -94,6 +94,13 @@ run:
 test-hil:
 	CACHE=$(CACHE) tests/hil/run.sh
 
+# The service as the robot runs it: systemd as PID 1 in a VM, the amd64 .deb installed, watchdog, restarts, stop,
+# a bad config, a camera disconnect, the journal (docs/hil.md, "systemd as PID 1"). Not in `make test`: a systemd
+# boot and the checks under TCG take several minutes on top of CI's budget. Needs root and the Debian mirror once.
+.PHONY: test-hil-systemd
+test-hil-systemd:
+	CACHE=$(CACHE) tests/hil/systemd.sh amd64 $(DEB_DIR)/ocellus_$(DEB_VERSION)_amd64.deb
+
 # --- The robot: aarch64 cross build, tested under qemu-user, and Debian packages (bsp/, docs/deploy.md) ---------
 # Linker, runner and cross C compiler are in .cargo/config.toml. Cross builds use their own target directory, so a
 # long aarch64 build never holds the host target directory's lock.
@@ -147,3 +154,75 @@ bench:
 
 bench-criterion:
 	cargo bench --locked --workspace
+
+# The ViT-B scale bundles (not committed: 0.9-1.2 GB each; not in CI: about 10 and 25 minutes to build here):
+# ViT-B/32 + Perceiver Resampler and SigLIP B/16 + Q-Former from random seeded checkpoints, through export,
+# quantize, validate and manifest (tools/scripts/make-scale-bundles.sh; rebuilt only when the tools change).
+# bench-scale runs `ocellus bench` on each with benches/scale.toml.in.
+SCALE_MODELS ?= $(CACHE)/models
+SCALE_BUNDLES ?= vitb32-perceiver siglipb16-qformer
+SCALE_FRAMES ?= 200
+
+.PHONY: scale-bundles bench-scale
+scale-bundles:
+	tools/scripts/make-scale-bundles.sh $(PY) $(SCALE_MODELS)
+
+bench-scale: scale-bundles
+	mkdir -p $(BENCH_DIR)
+	for b in $(SCALE_BUNDLES); do \
+		sed "s|@MANIFEST@|$(SCALE_MODELS)/$$b/manifest.toml|" benches/scale.toml.in > $(BENCH_DIR)/$$b.toml && \
+		cargo run --locked --release -- bench -c $(BENCH_DIR)/$$b.toml --frames $(SCALE_FRAMES) --python $(PY) \
+			--json $(BENCH_DIR)/$$b.json --plot $(BENCH_DIR)/$$b.svg || exit 1; \
+	done
+
+# The long soak (docs/soak.md; not in CI): 1,000,000 frames or 2 hours of the demo pipeline with the prompts
+# file rewritten and a C reader attached; samples, plot and figures in $(SOAK_OUT).
+SOAK_OUT ?= $(CACHE)/soak
+
+.PHONY: soak
+soak:
+	SOAK_OUT=$(SOAK_OUT) cargo test --locked --release --test soak -- --ignored --nocapture
+
+# --- Fuzzing (docs/fuzzing.md) ------------------------------------------------------------------------------------
+# cargo-fuzz targets: the runtime's inputs in fuzz/ (config, manifest, replay, mjpeg, prompts; an instrumented build
+# compiles tract again, so not in CI) and the shared-memory readers in crates/ocellus-shm/fuzz (segment: the Rust
+# reader and the C header against each other). Each runs FUZZ_SECONDS under nice, on the committed corpus
+# (fuzz/corpus/<target>, read only) plus a work corpus in $(FUZZ_WORK); `make fuzz-cmin` merges the finds into the
+# committed corpus, minimised. A crash is left in <fuzz dir>/artifacts/<target>/: fix it, then add it to
+# regressions/<target>/ (and tests/fuzz_corpus.rs's REPRODUCERS), docs/fuzzing.md says how.
+FUZZ_SECONDS ?= 1800
+FUZZ_TARGETS := config manifest replay mjpeg prompts
+FUZZ_WORK ?= $(CACHE)/fuzz-corpus
+FUZZ_TARGET_DIR ?= $(CACHE)/target-fuzz
+# libFuzzer: a hang is an input taking 10 s; an allocation above 256 MB is a bug (an input must not choose the
+# size of what the runtime allocates).
+FUZZ_FLAGS ?= -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1
+FUZZ := CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) nice -n 19 cargo +nightly fuzz
+
+.PHONY: fuzz fuzz-setup fuzz-build fuzz-shm fuzz-cmin $(addprefix fuzz-,$(FUZZ_TARGETS))
+
+fuzz-setup:
+	rustup toolchain install nightly --profile minimal
+	cargo install cargo-fuzz --locked
+
+fuzz-build:
+	cd fuzz && $(FUZZ) build
+	cd crates/ocellus-shm/fuzz && $(FUZZ) build
+
+fuzz: fuzz-shm $(addprefix fuzz-,$(FUZZ_TARGETS))
+
+$(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%:
+	mkdir -p $(FUZZ_WORK)/$*
+	cd fuzz && $(FUZZ) run $* $(FUZZ_WORK)/$* corpus/$* regressions/$* -- -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS)
+
+fuzz-shm:
+	mkdir -p $(FUZZ_WORK)/segment
+	cd crates/ocellus-shm/fuzz && $(FUZZ) run segment $(FUZZ_WORK)/segment corpus/segment regressions/segment -- \
+		-max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS)
+
+# Merges the work corpora into the committed ones, minimised (libFuzzer's merge keeps the inputs that add coverage).
+fuzz-cmin:
+	for t in $(FUZZ_TARGETS); do cp -n $(FUZZ_WORK)/$$t/* fuzz/corpus/$$t/ 2>/dev/null; \
+		(cd fuzz && $(FUZZ) cmin $$t corpus/$$t) || exit 1; done
+	cp -n $(FUZZ_WORK)/segment/* crates/ocellus-shm/fuzz/corpus/segment/ 2>/dev/null; \
+		cd crates/ocellus-shm/fuzz && $(FUZZ) cmin segment corpus/segment

@@ -1,5 +1,8 @@
-//! Preparation per pixel format: 640x480 and 1280x720 frames to the demo's 64x64 and to 224x224 (bilinear,
-//! shortest edge + centre crop). Frames are the synthetic camera's (a demo scene in each format).
+//! Preparation per pixel format: 640x480 and 1280x720 frames, shortest edge + centre crop, to the demo's 64x64
+//! (bilinear), to 224x224 bilinear and to 224x224 bicubic (CLIP's preprocessing; issue 13's case is
+//! `prepare/yuyv/640x480/224x224-bicubic`). Frames are the synthetic camera's (a demo scene in each format).
+//!
+//! `prepare_letterbox`: YUYV frames letterboxed (the whole frame resampled, pad around).
 //!
 //! Also `resize_only`: the Pillow-exact resize of `prepare` against fast_image_resize on the same RGB frame
 //! and box, for the record (fast_image_resize recomputes its coefficients, allocating, on every call).
@@ -18,13 +21,19 @@ use ocellus::source::{FrameSource, SyntheticSource};
 
 const SIZES: [(u32, u32); 2] = [(640, 480), (1280, 720)];
 const MODEL_SIDES: [usize; 2] = [64, 224];
+/// The model inputs `prepare` is measured into: side and filter.
+const TARGETS: [(usize, Interpolation); 3] = [
+    (64, Interpolation::Bilinear),
+    (224, Interpolation::Bilinear),
+    (224, Interpolation::Bicubic),
+];
 
-fn preprocess(side: usize) -> Preprocess {
+fn preprocess(side: usize, interpolation: Interpolation) -> Preprocess {
     Preprocess {
         height: side,
         width: side,
         resize: ResizeMode::ShortestEdge,
-        interpolation: Interpolation::Bilinear,
+        interpolation,
         crop: Crop::Center,
         channel_order: ChannelOrder::Rgb,
         rescale: 1.0 / 255.0,
@@ -63,16 +72,52 @@ fn prepare(c: &mut Criterion) {
     for (w, h) in SIZES {
         for format in PixelFormat::ALL {
             let buf = frame(format, w, h);
-            for side in MODEL_SIDES {
-                let pre = preprocess(side);
+            for (side, interpolation) in TARGETS {
+                let pre = preprocess(side, interpolation);
                 let mut preparer = Preparer::new(&pre, format, w, h).expect("preparer");
                 let mut out = vec![0f32; preparer.output_len()];
+                let filter = match interpolation {
+                    Interpolation::Bilinear => "bilinear",
+                    Interpolation::Bicubic => "bicubic",
+                };
                 group.throughput(Throughput::Elements(w as u64 * h as u64));
                 group.bench_function(
-                    BenchmarkId::new(format!("{format}/{w}x{h}"), format!("{side}x{side}")),
+                    BenchmarkId::new(
+                        format!("{format}/{w}x{h}"),
+                        format!("{side}x{side}-{filter}"),
+                    ),
                     |b| b.iter(|| preparer.prepare(buf.bytes(), &mut out).expect("prepare")),
                 );
             }
+        }
+    }
+    group.finish();
+}
+
+/// Letterbox (models/vit-import's 64x64 bilinear, pad 114; and 224x224 bicubic) from YUYV frames: the whole
+/// frame is resampled, so this is the most a frame of that size costs.
+fn letterbox(c: &mut Criterion) {
+    let mut group = c.benchmark_group("prepare_letterbox");
+    group
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20);
+    for (w, h) in SIZES {
+        let buf = frame(PixelFormat::Yuyv, w, h);
+        for (side, interpolation) in [(64, Interpolation::Bilinear), (224, Interpolation::Bicubic)]
+        {
+            let pre = Preprocess {
+                resize: ResizeMode::Letterbox,
+                crop: Crop::None,
+                pad: [114; 3],
+                ..preprocess(side, interpolation)
+            };
+            let mut preparer = Preparer::new(&pre, PixelFormat::Yuyv, w, h).expect("preparer");
+            let mut out = vec![0f32; preparer.output_len()];
+            group.bench_function(
+                BenchmarkId::new(format!("yuyv/{w}x{h}"), format!("{side}x{side}")),
+                |b| b.iter(|| preparer.prepare(buf.bytes(), &mut out).expect("prepare")),
+            );
         }
     }
     group.finish();
@@ -87,7 +132,7 @@ fn resize_only(c: &mut Criterion) {
     for (w, h) in SIZES {
         let buf = frame(PixelFormat::Rgb24, w, h);
         for side in MODEL_SIDES {
-            let pre = preprocess(side);
+            let pre = preprocess(side, Interpolation::Bilinear);
             let mut preparer = Preparer::new(&pre, PixelFormat::Rgb24, w, h).expect("preparer");
             let mut out = vec![0f32; preparer.output_len()];
             group.bench_function(
@@ -114,5 +159,5 @@ fn resize_only(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, prepare, resize_only);
+criterion_group!(benches, prepare, letterbox, resize_only);
 criterion_main!(benches);

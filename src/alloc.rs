@@ -42,7 +42,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
 
 pub use os::{
     heap_in_use, mapped_file_bytes, memlock_limit, page_size, process_memory, ProcessMemory,
@@ -224,6 +224,66 @@ fn class_of_size(size: usize) -> Option<(usize, usize)> {
     let step = p / 4;
     let j = (s - p).div_ceil(step);
     Some((SMALL_CLASSES + 4 * (k as usize - 7) + (j - 1), p + j * step))
+}
+
+/// The block size of class `c` (the inverse of [`class_of_size`]).
+fn class_block_size(c: usize) -> usize {
+    if c < SMALL_CLASSES {
+        return (c + 1) * 16;
+    }
+    let k = 7 + (c - SMALL_CLASSES) / 4;
+    let j = (c - SMALL_CLASSES) % 4 + 1;
+    (1usize << k) + j * (1usize << (k - 2))
+}
+
+// ---- tracing: the region a workload would need ----
+
+/// While set, frame-path threads' allocations that the system serves (no region yet) are counted per size
+/// class, live and at most, so [`trace`] can tell how much a region would carve for the same workload.
+static TRACING: AtomicBool = AtomicBool::new(false);
+static TRACE_LIVE: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
+static TRACE_MAX: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
+
+#[inline]
+fn trace_alloc(layout: Layout) {
+    if let Some((c, _, _)) = class_of(layout) {
+        let n = TRACE_LIVE[c].fetch_add(1, Relaxed) + 1;
+        TRACE_MAX[c].fetch_max(n, Relaxed);
+    }
+}
+
+#[inline]
+fn trace_free(layout: Layout) {
+    if let Some((c, _, _)) = class_of(layout) {
+        // A block made before the trace began may be freed during it: never below zero.
+        let _ = TRACE_LIVE[c].fetch_update(Relaxed, Relaxed, |v| Some((v - 1).max(0)));
+    }
+}
+
+/// Runs `f` on the calling thread registered as the inference thread (as the frame path runs the models),
+/// before any region is reserved, and returns its result with the bytes a region would have carved to serve
+/// every allocation the frame-path threads made meanwhile: per size class, the most blocks alive at once,
+/// times the block size. The region's high water for the same workload is this plus alignment padding.
+/// Only meaningful with [`Allocator`] installed and no region reserved yet (returns 0 otherwise).
+pub fn trace<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    for c in 0..CLASSES {
+        TRACE_LIVE[c].store(0, Relaxed);
+        TRACE_MAX[c].store(0, Relaxed);
+    }
+    let previous = ROLE.get();
+    if previous == 0 {
+        register_thread(ThreadRole::Inference);
+    }
+    TRACING.store(true, Relaxed);
+    let r = f();
+    TRACING.store(false, Relaxed);
+    if previous == 0 {
+        unregister_thread();
+    }
+    let bytes = (0..CLASSES)
+        .map(|c| TRACE_MAX[c].load(Relaxed).max(0) as u64 * class_block_size(c) as u64)
+        .sum();
+    (r, bytes)
 }
 
 /// The alignment blocks of a class are carved with: the block size's lowest set bit, at most MAX_ALIGN.
@@ -435,6 +495,14 @@ pub fn reserve(bytes: u64) -> Result<u64, ReserveError> {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// Limits glibc to two malloc arenas. The frame path allocates from the region, so the system allocator
+/// serves loading and the background threads (status, heartbeat, prompts), which do not need an arena each;
+/// every arena glibc adds reserves 64 MiB of address space that `mlockall` counts as locked (VmLck) though it
+/// is never resident. Returns whether glibc accepted it.
+pub fn limit_system_arenas() -> bool {
+    os::limit_malloc_arenas(2)
+}
+
 /// Locks every page of the process in memory, now and later (`mlockall(MCL_CURRENT | MCL_FUTURE)`), so
 /// the frame path never waits for a page to come back from swap or a file. The error says what to change.
 pub fn lock_memory() -> Result<(), String> {
@@ -486,6 +554,9 @@ impl Allocator {
             warn_exhausted(layout.size());
         }
         COUNTERS.system[slot].fetch_add(1, Relaxed);
+        if TRACING.load(Relaxed) {
+            trace_alloc(layout);
+        }
         std::ptr::null_mut()
     }
 }
@@ -582,6 +653,9 @@ unsafe impl GlobalAlloc for Allocator {
                 unsafe { h.free(ptr, layout) }
             });
         } else {
+            if TRACING.load(Relaxed) && ROLE.get() != 0 {
+                trace_free(layout);
+            }
             // SAFETY: `ptr` is not in the region, so the system allocator made it, with `layout`.
             unsafe { System.dealloc(ptr, layout) }
         }
@@ -615,6 +689,18 @@ unsafe impl GlobalAlloc for Allocator {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn class_block_size_is_the_inverse_of_class_of_size() {
+        for size in (1..5000)
+            .chain((13..34).map(|k| 1usize << k))
+            .chain([3 << 20, 5 << 20])
+        {
+            let (c, block) = class_of_size(size).expect("a class");
+            assert_eq!(class_block_size(c), block, "size {size}");
+            assert!(block >= size);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -27,12 +27,14 @@ pub mod parts {
     pub const SOURCES: &str = "camera sources";
     pub const PREPARED: &str = "prepared tensors";
     pub const WEIGHTS: &str = "model weights";
+    pub const LOADING: &str = "model loading";
     pub const ENGINE: &str = "tract working memory";
     /// What an engine with its own allocator (onnxruntime) took at start-up, measured.
     pub const ENGINE_HEAP: &str = "engine's own memory";
     pub const TEXT: &str = "text encoder runs";
     pub const RESULTS: &str = "result buffers";
     pub const SHM: &str = "shared-memory segment";
+    pub const RECORDER: &str = "flight recorder";
     pub const CODE: &str = "code and libraries";
     pub const STACKS: &str = "thread stacks";
     pub const HEAP: &str = "start-up heap";

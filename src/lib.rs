@@ -41,7 +41,8 @@
 //! [`shm`] crate), then `frame`, `stats`, `rt`; the components `source`, `prepare`, `infer`, `prompts`;
 //! `sink` and `notify`; the frame path `pipeline`; `config`, which fills in the components' settings; and
 //! `runtime`, which assembles everything. `unsafe` lives only in the OS leaves (`alloc`, `rt::os`,
-//! `source::v4l2::sys`, and the shm crate's `os`).
+//! `source::v4l2::sys`, and the shm crate's `os`) and in `prepare::simd` (AVX2 intrinsics behind run-time
+//! detection).
 //!
 //! # Entry point
 //!
@@ -64,6 +65,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod prepare;
 pub mod prompts;
+pub mod recorder;
 pub mod rt;
 pub mod runtime;
 pub mod scene;

@@ -1,4 +1,4 @@
-//! The `ocellus` command: `run`, `bench`, `cameras`, `check`, `infer`, `read`, `top`.
+//! The `ocellus` command: `run`, `bench`, `cameras`, `check`, `infer`, `read`, `top`, `record`, `replay`.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (a source or model failed while running, no frame was
 //! processed, an output could not be written); 2 a bad configuration or model bundle (also clap's code for
@@ -55,6 +55,12 @@ enum Command {
     Read(cli::read::ReadArgs),
     /// A live view of a running service from its shared memory: per camera fps, stage latency, misses, drops.
     Top(cli::top::TopArgs),
+    /// Trigger the running service's flight recorder (--trigger), or capture every frame with its results
+    /// for a while (--duration S / --frames N, --out DIR) in the recording format (docs/recorder.md).
+    Record(cli::record::RecordArgs),
+    /// Run a recording through the pipeline and compare every frame's results with the recorded ones:
+    /// identical or not and why; top-1 agreement, embedding cosine, score differences, changed decisions.
+    Replay(cli::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,8 @@ fn main() -> ExitCode {
         Command::Infer(a) => cli::infer::infer(a, verbosity),
         Command::Read(a) => cli::read::read(a, verbosity),
         Command::Top(a) => cli::top::top(a, verbosity),
+        Command::Record(a) => cli::record::record(a, verbosity),
+        Command::Replay(a) => cli::replay::replay(a, verbosity),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

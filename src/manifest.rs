@@ -16,6 +16,15 @@ pub const FORMAT: u32 = 2;
 /// Every format this runtime reads.
 pub const FORMATS: [u32; 2] = [1, 2];
 
+/// The largest model dimension (embedding, latents, context length) a manifest may declare.
+pub const MAX_DIM: usize = 1 << 20;
+/// The largest model input side, in pixels.
+pub const MAX_SIDE: usize = 1 << 16;
+/// The largest model file (1 TiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 40;
+/// The most elements one tensor of a file entry may have.
+pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 32;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -298,7 +307,13 @@ impl Manifest {
             path: path.to_owned(),
             source,
         })?;
-        let mut manifest: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Invalid {
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses `text` as the manifest at `path` (errors name it; file paths are relative to its directory), as
+    /// [`Manifest::load`] does once it has read the file.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let mut manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Invalid {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
@@ -329,8 +344,56 @@ impl Manifest {
                 "[preprocess] resize = \"letterbox\" needs crop = \"none\"",
             ));
         }
+        if let Some(message) = manifest.out_of_bounds() {
+            return Err(invalid(&message));
+        }
         manifest.dir = path.parent().map(Path::to_owned).unwrap_or_default();
         Ok(manifest)
+    }
+
+    /// The first size or dimension beyond what a model can have, if any: the memory plan multiplies and sums
+    /// them before any file is read, so the manifest's numbers alone must not overflow it.
+    fn out_of_bounds(&self) -> Option<String> {
+        let dims = [
+            ("embed_dim", self.embed_dim, MAX_DIM),
+            ("[preprocess] height", self.preprocess.height, MAX_SIDE),
+            ("[preprocess] width", self.preprocess.width, MAX_SIDE),
+            (
+                "[resampler] num_latents",
+                self.resampler.num_latents,
+                MAX_DIM,
+            ),
+            ("[resampler] latent_dim", self.resampler.latent_dim, MAX_DIM),
+            (
+                "[text] context_length",
+                self.text.as_ref().map_or(0, |t| t.context_length),
+                MAX_DIM,
+            ),
+        ];
+        if let Some((key, value, max)) = dims.iter().find(|(_, v, max)| v > max) {
+            return Some(format!("{key} = {value} is more than {max}"));
+        }
+        for f in &self.files {
+            if f.size > MAX_FILE_BYTES {
+                return Some(format!(
+                    "file {} has size = {}, more than 1 TiB",
+                    f.path, f.size
+                ));
+            }
+            for t in f.inputs.iter().chain(&f.outputs) {
+                let elements = t
+                    .shape
+                    .iter()
+                    .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+                if elements.is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+                    return Some(format!(
+                        "file {} tensor {} has shape {:?}: more than 2^32 elements",
+                        f.path, t.name, t.shape
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// The file entry for `role` and `variant` that tract runs, if the bundle has one.

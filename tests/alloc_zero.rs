@@ -6,6 +6,10 @@
 //! region or by the system allocator: the system count must stay 0, the capture thread must not allocate
 //! at all, tract's per-frame tensors must come from the region, and the region must not grow.
 //!
+//! The first run has the flight recorder on (`[recorder]`, a 64-frame ring): every frame is copied into its
+//! slot on the inference thread, and a trigger halfway through freezes the window and has it written, all
+//! within the same zero. Its ring is in the memory plan.
+//!
 //! The same with `model.threads = 2`: tract's matrix-product workers allocate from the region too.
 //!
 //! One test per binary: the region and the counters belong to the process.
@@ -14,11 +18,14 @@ mod memory_support;
 
 use std::time::Duration;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use ocellus::alloc::{self, AllocStats};
 use ocellus::config::Config;
+use ocellus::recorder::External;
 use ocellus::thread::ThreadRole;
 
-use memory_support::{build, config, config_with_threads, processed, run_until, shm_name};
+use memory_support::{build_with, config, config_with_threads, processed, run_until, shm_name};
 
 #[global_allocator]
 static ALLOC: alloc::Allocator = alloc::Allocator;
@@ -28,29 +35,63 @@ const FRAMES: u64 = 1_000;
 const WATCHDOG: Duration = Duration::from_secs(600);
 
 /// Runs `config`'s pipeline for `WARM_UP` frames, then `FRAMES` more; returns the allocator's snapshots at
-/// both ends of that window and the frames in it.
-fn measure(config: &Config, what: &str) -> (AllocStats, AllocStats, u64, u64) {
-    let mut pipeline = build(config, &shm_name(what));
+/// both ends of that window, the frames in it, and the recordings the recorder made. `take`: the runtime
+/// reserves the region (once per process; a later run in the same process uses it as it is). With a
+/// recorder, a recording is triggered halfway through the window.
+fn measure(config: &Config, what: &str, take: bool) -> (AllocStats, AllocStats, u64, u64, u64) {
+    let mut pipeline = build_with(config, &shm_name(what), take);
     let plan = pipeline.plan().clone();
-    let taken = *pipeline.taken().expect("the runtime took its memory");
+    if config.recorder.enabled {
+        // The memory budget counts the ring, slot by slot.
+        let m = ocellus::Manifest::load(&config.model.manifest).expect("manifest");
+        let shape = ocellus::recorder::ResultsShape {
+            embed_dim: m.embed_dim,
+            num_latents: m.resampler.num_latents,
+            latent_dim: m.resampler.latent_dim,
+            max_scores: config.prompts.max,
+        };
+        let cam = &config.cameras[0];
+        let ring = ocellus::recorder::ring_bytes(
+            config.recorder.slots(cam.fps),
+            cam.max_frame_bytes(),
+            &shape,
+        );
+        let part = plan
+            .part("flight recorder")
+            .expect("the plan counts the ring");
+        assert_eq!(part.bytes, ring * config.cameras.len() as u64);
+        assert!(ring > 64 * 614_400);
+    }
     assert!(
         alloc::stats().installed,
         "the test's global allocator is ocellus::alloc::Allocator"
     );
-    assert!(
-        alloc::stats().region_bytes == taken.arena_bytes && taken.arena_bytes >= plan.arena_bytes
-    );
+    if take {
+        let taken = *pipeline.taken().expect("the runtime took its memory");
+        assert!(
+            alloc::stats().region_bytes == taken.arena_bytes
+                && taken.arena_bytes >= plan.arena_bytes
+        );
+    }
 
     pipeline.start().unwrap_or_else(|e| panic!("{e}"));
     let tick = Duration::from_millis(5);
     run_until(&pipeline, WARM_UP, WATCHDOG, tick, |_| {});
     let before = alloc::stats();
     let first = processed(&pipeline);
-    run_until(&pipeline, first + FRAMES, WATCHDOG, tick, |_| {});
+    let mut trigger = pipeline.recorder().map(|r| r.trigger());
+    run_until(&pipeline, first + FRAMES, WATCHDOG, tick, |n| {
+        if n >= first + FRAMES / 2 {
+            if let Some(t) = trigger.take() {
+                t.request(External::Command);
+            }
+        }
+    });
     let after = alloc::stats();
     let last = processed(&pipeline);
     pipeline.stop();
-    (before, after, first, last - first)
+    let made = pipeline.stats().recorder.made.load(Relaxed);
+    (before, after, first, last - first, made)
 }
 
 fn assert_no_system_allocation(d: &AllocStats, frames: u64, what: &str) {
@@ -96,40 +137,68 @@ fn report(d: &AllocStats, after: &AllocStats, first: u64, frames: u64, what: &st
 
 #[test]
 fn frame_path_makes_no_system_allocation_after_warm_up() {
-    let one = config(1, "yuyv", 640, 480, "[memory]\nlock = false\n");
-    let (before, after, first, frames) = measure(&one, "alloc-zero");
+    let recordings = tempfile::tempdir().expect("tempdir");
+    let one = config(
+        1,
+        "yuyv",
+        640,
+        480,
+        &format!(
+            "[memory]\nlock = false\n\n[recorder]\nenabled = true\nframes = 64\nafter = 0.25\non-late = []\n\
+             on-camera-fault = false\ndir = \"{}\"\n",
+            recordings.path().display()
+        ),
+    );
+    let (before, after, first, frames, made) = measure(&one, "alloc-zero", true);
     let d = after.since(&before);
-    report(&d, &after, first, frames, "model.threads = 1");
-    assert_no_system_allocation(&d, frames, "model.threads = 1");
+    report(
+        &d,
+        &after,
+        first,
+        frames,
+        "model.threads = 1, flight recorder on",
+    );
+    assert_no_system_allocation(&d, frames, "model.threads = 1, flight recorder on");
+    assert_eq!(made, 1, "the triggered window was written");
+    assert_eq!(ocellus::recorder::recordings_in(recordings.path()).len(), 1);
     assert_eq!(d.worker, Default::default(), "no workers with one thread");
     assert_eq!(
         after.region_high_water, before.region_high_water,
         "the region's footprint grew after warm-up"
     );
     assert!(after.region_high_water <= after.region_bytes);
+    // The region is sized from what the engine's calibration runs carved (alloc::trace), not from the
+    // planned tensors: within 1.5x of what the frame path really uses (docs/memory.md).
+    assert!(
+        after.region_bytes * 2 <= after.region_high_water * 3,
+        "region {} KiB is more than 1.5x its high water {} KiB",
+        after.region_bytes / 1024,
+        after.region_high_water / 1024
+    );
 
     // tract's matrix-product workers (model.threads = 2) allocate from the region too. The process keeps
     // the region reserved above (same model, same size).
     let two = config_with_threads(1, "yuyv", 640, 480, 2, "[memory]\nlock = false\n");
-    let (before, after, first, frames) = measure(&two, "alloc-zero-2");
+    let (before, after, first, frames, _) = measure(&two, "alloc-zero-2", false);
     let d = after.since(&before);
     report(&d, &after, first, frames, "model.threads = 2");
     assert_no_system_allocation(&d, frames, "model.threads = 2");
 
-    // A region block freed by another thread goes back to the region; growing one keeps its bytes.
-    // (Other threads may still free region blocks meanwhile: the engines' workers exit on their own.)
+    // A region block freed by another thread goes back to the region; growing one keeps its bytes. (Small:
+    // the region is sized to what the frame path needs, with little room to spare. Other threads may still
+    // free region blocks meanwhile: the engines' workers exit on their own.)
     let block = std::thread::spawn(|| {
         alloc::register_thread(ThreadRole::Worker);
-        let mut v: Vec<u32> = (0..1000).collect();
+        let mut v: Vec<u32> = (0..256).collect();
         assert!(alloc::region_contains(v.as_ptr().cast()));
-        v.extend(1000..100_000u32);
+        v.extend(256..4096u32);
         assert!(alloc::region_contains(v.as_ptr().cast()));
         v
     })
     .join()
     .expect("allocating thread");
     assert!(
-        block.iter().copied().eq(0..100_000u32),
+        block.iter().copied().eq(0..4096u32),
         "realloc kept the contents"
     );
     let bytes = (block.capacity() * 4) as u64;

@@ -79,11 +79,12 @@ fn plan_line(stdout: &str, part: &str) -> u64 {
     parse_size(&rest[..end])
 }
 
-const PARTS: [&str; 11] = [
+const PARTS: [&str; 12] = [
     "frame pools",
     "camera sources",
     "prepared tensors",
     "model weights",
+    "model loading",
     "tract working memory",
     "text encoder runs",
     "result buffers",
@@ -173,30 +174,65 @@ fn a_budget_too_small_is_refused_before_anything_runs_with_each_part() {
     );
 }
 
+/// The plan is checked twice: from the files before anything is loaded, then with what only the planned
+/// models tell (the frame-path region measured for them, the text encoder's run). A budget between the two
+/// passes the first and is refused by the second, naming the planned parts.
 #[test]
 fn a_budget_that_only_the_planned_models_exceed_is_refused_after_planning() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fits = ocellus(&["check", "--config", &write_config(dir.path(), 512, "x")]);
-    let stdout = text(&fits.stdout);
-    assert!(fits.status.success(), "{}", text(&fits.stderr));
-    let total = plan_line(&stdout, "total");
-    let tract = plan_line(&stdout, "tract working memory");
-    assert!(
-        tract >= 2 * MIB,
-        "the region is at least its slack: {tract}"
+    use ocellus::infer::{EngineMemory, FileSize, PlanMemory};
+    use ocellus::manifest::ModelRole;
+    use ocellus::runtime::memory::ModelMemory;
+    let manifest =
+        Manifest::load(&root().join("models/demo/manifest.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let estimate = memory::plan(
+        &config(1, "yuyv", 640, 480, ""),
+        &manifest,
+        Variant::Fp32,
+        true,
+        None,
+        &[],
     );
-    // Above what is known before the models are planned, below the planned total.
-    let mib = (total - tract / 2) / MIB;
-    let out = ocellus(&["check", "--config", &write_config(dir.path(), mib, "x")]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("tract working memory region for the per-run tensors"),
-        "{stderr}"
+    let file = |role| FileSize {
+        role,
+        variant: Variant::Fp32,
+        path: "x.onnx".into(),
+        file_bytes: 1 << 20,
+        weight_bytes: 1 << 20,
+    };
+    let engine = EngineMemory {
+        files: vec![file(ModelRole::Vision), file(ModelRole::Resampler)],
+        encoder: PlanMemory::default(),
+        resampler: PlanMemory::default(),
+        output_bytes: 1024,
+    };
+    let models = ModelMemory {
+        engine: &engine,
+        text_files: &[],
+        text_run: PlanMemory {
+            tensor_bytes: 4 * MIB,
+            ..PlanMemory::default()
+        },
+        measured_region: 24 * MIB,
+    };
+    // A budget 8 MiB above the estimate: the measured region alone is 24 MiB.
+    let budget = estimate.total_bytes() / MIB + 8;
+    let config = config(
+        1,
+        "yuyv",
+        640,
+        480,
+        &format!("[budgets]\nmemory-mib = {budget}\n"),
     );
+    let estimate = memory::plan(&config, &manifest, Variant::Fp32, true, None, &[]);
+    estimate.check().expect("the estimate fits");
+    let planned = memory::plan(&config, &manifest, Variant::Fp32, true, Some(&models), &[]);
+    let err = planned.check().expect_err("the planned models do not fit");
+    let message = err.to_string();
+    assert!(message.contains("tract working memory region"), "{message}");
+    assert!(message.contains("text encoder runs"), "{message}");
     assert!(
-        !stderr.contains("before the models are planned"),
-        "{stderr}"
+        !message.contains("before the models are planned"),
+        "{message}"
     );
 }
 
@@ -212,8 +248,8 @@ fn the_estimate_counts_what_the_config_asks_for() {
         1080,
         "[budgets]\nmemory-mib = 64\n[prompts]\nmax = 1024\n",
     );
-    let a = memory::plan(&small, &manifest, Variant::Fp32, true, None);
-    let b = memory::plan(&big, &manifest, Variant::Fp32, true, None);
+    let a = memory::plan(&small, &manifest, Variant::Fp32, true, None, &[]);
+    let b = memory::plan(&big, &manifest, Variant::Fp32, true, None, &[]);
     let pools = |p: &MemoryPlan| p.part("frame pools").map(|p| p.bytes).unwrap_or(0);
     assert_eq!(pools(&a), 4 * 640 * 480 * 2);
     assert_eq!(pools(&b), 3 * 4 * 1920 * 1080 * 3);
@@ -221,7 +257,7 @@ fn the_estimate_counts_what_the_config_asks_for() {
     let shm = |p: &MemoryPlan| p.part("shared-memory segment").map(|p| p.bytes);
     assert!(shm(&b) > shm(&a));
     assert_eq!(
-        memory::plan(&small, &manifest, Variant::Fp32, false, None)
+        memory::plan(&small, &manifest, Variant::Fp32, false, None, &[])
             .part("shared-memory segment")
             .map(|p| p.bytes),
         Some(0)
@@ -343,4 +379,53 @@ fn memory_keys_are_validated() {
             e.key()
         );
     }
+}
+
+/// The plan counts the load-time peak: three copies of a file's weights while it loads, beside the files
+/// loaded before it; on `auto`'s first start, the heaviest candidate it measures (one engine at a time).
+#[test]
+fn the_plan_counts_the_load_time_peak_and_autos_first_start() {
+    use ocellus::budget::parts;
+    use ocellus::manifest::ModelRole::{Resampler, Text, Vision};
+    let manifest =
+        Manifest::load(&root().join("models/demo/manifest.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(1, "yuyv", 640, 480, "");
+    let loading = |p: &MemoryPlan| {
+        p.parts
+            .iter()
+            .find(|p| p.name == parts::LOADING)
+            .map(|p| p.bytes)
+            .expect("a model loading part")
+    };
+    let size = |role, v| manifest.file(role, v).map(|f| f.size).expect("demo file");
+    let (vi, ri, ti) = (
+        size(Vision, Variant::Int8),
+        size(Resampler, Variant::Int8),
+        size(Text, Variant::Int8),
+    );
+    let (vf, rf) = (size(Vision, Variant::Fp32), size(Resampler, Variant::Fp32));
+    let weights = vi + ri + ti;
+    let kept_peak = (3 * vi).max(vi + 3 * ri).max(vi + ri + 3 * ti);
+
+    let kept = memory::plan(&cfg, &manifest, Variant::Int8, true, None, &[]);
+    assert_eq!(loading(&kept), kept_peak.saturating_sub(weights));
+
+    let first = memory::plan(
+        &cfg,
+        &manifest,
+        Variant::Int8,
+        true,
+        None,
+        &[Variant::Int8, Variant::Fp32],
+    );
+    let first_peak = kept_peak.max(3 * vf).max(vf + 3 * rf);
+    assert_eq!(loading(&first), first_peak.saturating_sub(weights));
+    assert!(
+        first_peak > kept_peak,
+        "the demo's fp32 vision file is the heaviest load"
+    );
+    assert_eq!(
+        first.total_bytes() - kept.total_bytes(),
+        first_peak - kept_peak
+    );
 }

@@ -33,7 +33,7 @@ fn embedded_default_loads() {
     assert_eq!(config.prompts.labels.len(), 16);
     assert_eq!(config.prompts.labels[0], "a red circle");
     assert_eq!(config.prompts.current().unwrap().len(), 16);
-    assert_eq!(config.budgets.prepare, Duration::from_millis(5));
+    assert_eq!(config.budgets.prepare, None, "measured at start-up");
     assert_eq!(config.shm.mode, 0o640);
     assert_eq!(Config::load_or_default(None).unwrap(), config);
 }
@@ -54,6 +54,26 @@ fn documented_example_loads_with_the_defaults() {
         example.model.manifest,
         path.parent().unwrap().join("models/demo/manifest.toml")
     );
+    let (e, d) = (&example.recorder, &default.recorder);
+    assert!(!e.enabled);
+    assert_eq!(
+        (
+            e.window,
+            e.after,
+            e.quota_bytes,
+            &e.on_late,
+            e.on_camera_fault
+        ),
+        (
+            d.window,
+            d.after,
+            d.quota_bytes,
+            &d.on_late,
+            d.on_camera_fault
+        )
+    );
+    assert_eq!(e.dir, path.parent().unwrap().join("recordings"));
+    assert_eq!(e.socket, e.dir.join("trigger.sock"));
 }
 
 #[test]
@@ -106,9 +126,12 @@ fn every_key_of_a_full_config_is_read() {
         ["a red circle", "a blue square", "a green cross"]
     );
     assert_eq!(config.budgets.memory_mib, 256);
-    assert_eq!(config.budgets.dequeue, Duration::from_secs_f64(0.0333));
-    assert_eq!(config.budgets.end_to_end, Duration::from_millis(80));
-    assert_eq!(config.budgets.encoder, Duration::from_millis(50));
+    assert_eq!(
+        config.budgets.dequeue,
+        Some(Duration::from_secs_f64(0.0333))
+    );
+    assert_eq!(config.budgets.end_to_end, Some(Duration::from_millis(80)));
+    assert_eq!(config.budgets.encoder, None);
     assert_eq!(config.shm.name, "ocellus-test");
     assert_eq!(
         (config.shm.mode, config.shm.group.as_deref()),
@@ -117,6 +140,21 @@ fn every_key_of_a_full_config_is_read() {
     assert_eq!(config.shm.latents, ocellus::shm::LatentsDtype::F16);
     assert_eq!(config.logging.level, tracing::Level::DEBUG);
     assert_eq!(config.logging.format, LogFormat::Json);
+    let r = &config.recorder;
+    assert!(r.enabled);
+    assert_eq!(r.window, ocellus::recorder::Window::Frames(90));
+    assert_eq!((r.after, r.quota_bytes), (0.5, 200 << 20));
+    assert_eq!(r.dir, dir.join("rec"));
+    assert_eq!(r.socket, std::path::Path::new("/run/ocellus/trigger.sock"));
+    assert_eq!(
+        r.on_late,
+        [
+            ocellus::stats::Stage::Encoder,
+            ocellus::stats::Stage::EndToEnd
+        ]
+    );
+    assert!(!r.on_camera_fault);
+    assert_eq!(r.slots(0), 90);
 }
 
 /// (fixture, key the error must name, words the message must hold)
@@ -343,6 +381,28 @@ fn realtime_section_parses_into_policies() {
     let none = parse_realtime("").expect("empty [realtime]");
     assert_eq!(none, ocellus::rt::RealtimeSettings::default());
     assert!(none.capture.is_default() && !none.strict);
+}
+
+#[test]
+fn inference_threads_default_to_the_cpus_the_inference_role_is_given() {
+    use ocellus::config::ThreadsOrigin;
+    let threads = |text: &str| {
+        let c = Config::parse(&format!("{RT_CAMERA}\n{text}\n"), Origin::Embedded)
+            .expect("valid config");
+        (c.model.threads, c.model.threads_origin)
+    };
+    // Not pinned: one thread, so ocellus does not take a core the control loop may run on.
+    assert_eq!(threads(""), (1, ThreadsOrigin::Default));
+    // Pinned to two CPUs: one matrix-product thread on each.
+    assert_eq!(
+        threads("[realtime]\ninference-cpus = [2, 3]"),
+        (2, ThreadsOrigin::InferenceCpus)
+    );
+    // Said in the file: that, whatever the pinning.
+    assert_eq!(
+        threads("[model]\nthreads = 1\n[realtime]\ninference-cpus = [2, 3]"),
+        (1, ThreadsOrigin::Configured)
+    );
 }
 
 #[test]

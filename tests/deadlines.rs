@@ -121,12 +121,12 @@ fn run(cfg: &Config, frames: u64, tag: &str) -> Run {
     let b = &cfg.budgets;
     let settings = PipelineSettings {
         deadlines: Deadlines::default()
-            .with(Stage::Dequeue, Some(b.dequeue))
-            .with(Stage::Prepare, Some(b.prepare))
-            .with(Stage::Encoder, Some(b.encoder))
-            .with(Stage::Resampler, Some(b.resampler))
-            .with(Stage::Publish, Some(b.publish))
-            .with(Stage::EndToEnd, Some(b.end_to_end)),
+            .with(Stage::Dequeue, b.dequeue)
+            .with(Stage::Prepare, b.prepare)
+            .with(Stage::Encoder, b.encoder)
+            .with(Stage::Resampler, b.resampler)
+            .with(Stage::Publish, b.publish)
+            .with(Stage::EndToEnd, b.end_to_end),
         test_hooks: cfg.testing,
         // The inference thread ends by itself after `frames`: no delay is cut short by a stop.
         max_frames: Some(frames),
@@ -217,6 +217,7 @@ fn a_slow_encoder_is_flagged_counted_and_drops_frames_without_growing_anything()
         cfg.testing,
         TestHooks {
             delay: Some((Stage::Encoder, Duration::from_millis(DELAY_MS))),
+            delay_after_frames: None,
             stall_after_frames: None,
         }
     );

@@ -50,6 +50,10 @@ struct TextOutputs {
 }
 
 pub fn bundle(name: &str) -> PathBuf {
+    // The instruction set as the runtime sets it up (the hwcaps: arm64 fp16 under qemu-user, where tract's
+    // /proc/cpuinfo probe misses it), before any test of this process loads a model.
+    static ISA: std::sync::Once = std::sync::Once::new();
+    ISA.call_once(|| ocellus::infer::select::prepare_isa(None).unwrap_or_else(|e| panic!("{e}")));
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models")
         .join(name)
@@ -295,4 +299,70 @@ fn bundles_use_both_resamplers() {
     };
     assert_eq!(kind("demo"), ResamplerKind::Perceiver);
     assert_eq!(kind("hf-clip-qformer"), ResamplerKind::Qformer);
+}
+
+/// f16 (tract, arm64 with fp16 arithmetic): the fp32 files translated at load, LayerNorm and Softmax kept in
+/// f32. Loading accepts it only within the bundle's parity target (its int8 files' cosine, or 0.999); here the
+/// outputs are compared with the onnxruntime fp32 reference on every reference image. Runs under qemu-user
+/// (`make test-aarch64`; qemu's aarch64 CPU has fp16).
+#[cfg(target_arch = "aarch64")]
+fn check_f16(dir: &Path) {
+    use ocellus::infer::RunVariant;
+    let index = load_index(dir);
+    let manifest = Manifest::load(&dir.join("manifest.toml")).expect("manifest");
+    let mut engine =
+        TractEngine::load(&manifest, RunVariant::F16, 1).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = engine.new_output();
+    let (mut embeds_fig, mut latents_fig) = (Figures::default(), Figures::default());
+    for image in &index.images {
+        let pixels = npy_f32(dir, &image.pixel_values);
+        engine
+            .run(pixels.as_slice().expect("C order"), &mut out)
+            .unwrap_or_else(|e| panic!("{}: {e}", image.id));
+        let refs = &image.outputs["fp32"];
+        let embeds = npy_f32(dir, &refs.image_embeds);
+        let latents = npy_f32(dir, &refs.latents);
+        embeds_fig.add(
+            &out.image_embeds,
+            &normalised(embeds.as_slice().expect("C order")),
+        );
+        latents_fig.add(&out.latents, latents.as_slice().expect("C order"));
+    }
+    println!(
+        "{} f16 vs fp32 reference: image_embeds cos {:.7}, latents cos {:.7}",
+        dir.display(),
+        embeds_fig.min_cosine,
+        latents_fig.min_cosine
+    );
+    for (name, f) in [("image_embeds", embeds_fig), ("latents", latents_fig)] {
+        assert!(
+            f.min_cosine >= 0.999,
+            "{} f16: {name} cosine {}",
+            dir.display(),
+            f.min_cosine
+        );
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn demo_f16_vision() {
+    check_f16(&bundle("demo"));
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn hf_clip_qformer_f16_vision() {
+    check_f16(&bundle("hf-clip-qformer"));
+}
+
+/// Without f16 arithmetic (x86 here) tract would emulate f16 far slower than fp32: the variant is refused,
+/// saying so, rather than run.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn f16_is_refused_without_f16_arithmetic() {
+    use ocellus::infer::RunVariant;
+    let manifest = Manifest::load(&bundle("demo").join("manifest.toml")).expect("manifest");
+    let err = TractEngine::load(&manifest, RunVariant::F16, 1).expect_err("no fp16 on x86");
+    assert!(err.to_string().contains("no f16 arithmetic"), "{err}");
 }

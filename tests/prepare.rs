@@ -9,7 +9,7 @@ use ndarray::{Array4, ArrayD};
 use ndarray_npy::ReadNpyExt;
 use ocellus::frame::{FrameBuf, PixelFormat};
 use ocellus::manifest::{ChannelOrder, Crop, Interpolation, Preprocess, ResizeMode};
-use ocellus::prepare::{PrepareError, Preparer};
+use ocellus::prepare::{letterbox_size, placement, PrepareError, Preparer};
 use ocellus::source::replay::decode_png_rgb;
 use ocellus::source::{CameraSettings, SourceSettings};
 use ocellus::source::{FrameSource, SyntheticSource};
@@ -168,32 +168,203 @@ fn matches_pillow_resize_bit_for_bit() {
         preparer.prepare(&rgb, &mut out).expect("prepare");
         let expected = expected.as_slice().expect("contiguous");
         let diff = max_abs_diff(&out, expected);
-        // One u8 level is 1/255/std ~ 0.015; anything above float rounding means a different resize.
-        assert!(diff <= 1e-5, "{name}: max abs diff {diff} against Pillow");
+        // The same integer resize and the same f32 operations as numpy: equal, not merely close (one u8
+        // level is 1/255/std ~ 0.015).
+        assert_eq!(diff, 0.0, "{name}: max abs diff {diff} against Pillow");
     }
 }
 
-/// When models/demo/reference/ exists (written by `ocellus-tools validate`), our preparation of each reference
-/// PNG must match its pixel_values.npy.
+/// src.png's pixels as the letterbox fixtures' sources name them (make.py's `LETTERBOX`): "src" (97 x 61),
+/// "rows60" (its first 60 rows) and "portrait" (its transpose, 61 x 97).
+fn letterbox_source(name: &str) -> (u32, u32, Vec<u8>) {
+    let (w, h, rgb) = decode_png_rgb(&fixtures().join("src.png")).expect("fixture png");
+    match name {
+        "src" => (w, h, rgb),
+        "rows60" => (w, 60, rgb[..w as usize * 60 * 3].to_vec()),
+        "portrait" => {
+            let (w, h) = (w as usize, h as usize);
+            let mut t = vec![0u8; w * h * 3];
+            for y in 0..h {
+                for x in 0..w {
+                    t[(x * h + y) * 3..][..3].copy_from_slice(&rgb[(y * w + x) * 3..][..3]);
+                }
+            }
+            (h as u32, w as u32, t)
+        }
+        _ => panic!("no source {name}"),
+    }
+}
+
+/// Letterbox against the tools' `prepare_image` (fixtures from make.py): pads on the left and right, on the
+/// top and bottom (BGR planes), upscaling with an odd remainder, a rounding tie (97 * 0.5 = 48.5 -> 49, where
+/// Python's `round` would give 48) and a portrait source; bilinear and bicubic; coloured pads.
 #[test]
-fn matches_demo_reference_pixel_values() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+fn letterbox_matches_the_tools_bit_for_bit() {
+    let cases = [
+        (
+            "letterbox_bicubic_wide_30x100",
+            Interpolation::Bicubic,
+            30,
+            100,
+            ChannelOrder::Rgb,
+            [200, 30, 90],
+            "src",
+            (48, 30),
+        ),
+        (
+            "letterbox_bilinear_tall_50x24_bgr",
+            Interpolation::Bilinear,
+            50,
+            24,
+            ChannelOrder::Bgr,
+            [10, 250, 128],
+            "src",
+            (24, 15),
+        ),
+        (
+            "letterbox_bicubic_up_128x200",
+            Interpolation::Bicubic,
+            128,
+            200,
+            ChannelOrder::Rgb,
+            [114, 114, 114],
+            "src",
+            (200, 126),
+        ),
+        (
+            "letterbox_bilinear_tie_30x50",
+            Interpolation::Bilinear,
+            30,
+            50,
+            ChannelOrder::Rgb,
+            [0, 0, 0],
+            "rows60",
+            (49, 30),
+        ),
+        (
+            "letterbox_bicubic_portrait_40x40",
+            Interpolation::Bicubic,
+            40,
+            40,
+            ChannelOrder::Rgb,
+            [255, 128, 1],
+            "portrait",
+            (25, 40),
+        ),
+    ];
+    for (name, interpolation, mh, mw, channel_order, pad, source, scaled) in cases {
+        let (w, h, rgb) = letterbox_source(source);
+        let p = Preprocess {
+            crop: Crop::None,
+            channel_order,
+            mean: [0.48, 0.46, 0.41],
+            std: [0.27, 0.26, 0.28],
+            pad,
+            ..pre(mh, mw, interpolation, ResizeMode::Letterbox)
+        };
+        assert_eq!(letterbox_size(&p, w, h), scaled, "{name}");
+        let expected = Array4::<f32>::read_npy(
+            std::fs::File::open(fixtures().join(format!("{name}.npy"))).expect("npy"),
+        )
+        .expect("read npy");
+        assert_eq!(expected.shape(), &[1, 3, mh, mw], "{name}");
+        let mut preparer = Preparer::new(&p, PixelFormat::Rgb24, w, h).expect("preparer");
+        let mut out = vec![0f32; preparer.output_len()];
+        preparer.prepare(&rgb, &mut out).expect("prepare");
+        let diff = max_abs_diff(&out, expected.as_slice().expect("contiguous"));
+        assert_eq!(diff, 0.0, "{name}: max abs diff {diff} against the tools");
+    }
+}
+
+/// A uniform frame letterboxed: every pixel of the placement is the frame's colour and every other pixel the
+/// pad colour (each normalised with its own channel's mean and std), in every orientation, for RGB and for
+/// GREY (whose pad stays the RGB pad colour, as the tools convert grey images to RGB first).
+#[test]
+fn letterbox_pads_exactly_outside_the_placement() {
+    let norm = |v: u8, c: usize, p: &Preprocess| (v as f32 * p.rescale - p.mean[c]) / p.std[c];
+    for (w, h, mh, mw) in [
+        (64, 48, 32, 32),
+        (48, 64, 32, 32),
+        (30, 31, 16, 40),
+        (200, 20, 7, 9),
+        (6, 4, 25, 11),
+    ] {
+        for format in [PixelFormat::Rgb24, PixelFormat::Grey] {
+            for order in [ChannelOrder::Rgb, ChannelOrder::Bgr] {
+                let p = Preprocess {
+                    crop: Crop::None,
+                    channel_order: order,
+                    mean: [0.1, 0.5, 0.9],
+                    std: [0.2, 0.3, 0.4],
+                    pad: [7, 130, 251],
+                    ..pre(mh, mw, Interpolation::Bicubic, ResizeMode::Letterbox)
+                };
+                let colour = [90u8, 160, 33];
+                let frame: Vec<u8> = match format {
+                    PixelFormat::Grey => vec![colour[0]; (w * h) as usize],
+                    _ => (0..w * h).flat_map(|_| colour).collect(),
+                };
+                let mut preparer = Preparer::new(&p, format, w, h).expect("preparer");
+                let mut out = vec![0f32; preparer.output_len()];
+                preparer.prepare(&frame, &mut out).expect("prepare");
+                let place = placement(&p, w, h);
+                assert_eq!((place.width, place.height), letterbox_size(&p, w, h));
+                assert_eq!(place.left, (mw - place.width) / 2);
+                assert_eq!(place.top, (mh - place.height) / 2);
+                let what = format!("{format} {w}x{h} -> {mw}x{mh} {order:?}");
+                for plane in 0..3 {
+                    let c = match order {
+                        ChannelOrder::Rgb => plane,
+                        ChannelOrder::Bgr => 2 - plane,
+                    };
+                    let inside = match format {
+                        PixelFormat::Grey => norm(colour[0], c, &p),
+                        _ => norm(colour[c], c, &p),
+                    };
+                    let padded = norm(p.pad[c], c, &p);
+                    assert_ne!(inside, padded);
+                    let mut pads = 0;
+                    for y in 0..mh {
+                        for x in 0..mw {
+                            let v = out[(plane * mh + y) * mw + x];
+                            let within = (place.left..place.left + place.width).contains(&x)
+                                && (place.top..place.top + place.height).contains(&y);
+                            if within {
+                                assert_eq!(v, inside, "{what}: plane {plane} ({x}, {y})");
+                            } else {
+                                assert_eq!(v, padded, "{what}: plane {plane} ({x}, {y})");
+                                pads += 1;
+                            }
+                        }
+                    }
+                    assert_eq!(pads, mw * mh - place.width * place.height, "{what}");
+                }
+            }
+        }
+    }
+}
+
+/// Prepares each reference PNG of a bundle's `reference/` (written by `ocellus-tools validate`) with the
+/// bundle's preprocessing, as RGB24, and returns (file, max abs diff against its pixel_values.npy, values that
+/// differ); None when the bundle is not there.
+fn reference_diffs(bundle: &str) -> Option<Vec<(String, f32, usize)>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(bundle);
     let index_path = root.join("reference/index.toml");
     let Ok(index) = std::fs::read_to_string(&index_path) else {
-        eprintln!(
-            "skipped: {} not found (the demo bundle is not built)",
-            index_path.display()
-        );
-        return;
+        eprintln!("skipped: {} not found", index_path.display());
+        return None;
     };
     let manifest =
-        ocellus::manifest::Manifest::load(&root.join("manifest.toml")).expect("demo manifest");
+        ocellus::manifest::Manifest::load(&root.join("manifest.toml")).expect("manifest");
     let index: toml::Table = toml::from_str(&index).expect("reference index");
     let images = index
         .get("images")
         .and_then(|v| v.as_array())
         .expect("reference index lists images");
     assert!(!images.is_empty());
+    let mut diffs = Vec::new();
     for image in images {
         let file = image.get("file").and_then(|v| v.as_str()).expect("file");
         let pv = image
@@ -212,17 +383,42 @@ fn matches_demo_reference_pixel_values() {
         preparer.prepare(&rgb, &mut out).expect("prepare");
         let expected = expected.as_slice().expect("contiguous");
         let diff = max_abs_diff(&out, expected);
-        let off: Vec<usize> = (0..out.len())
-            .filter(|&i| (out[i] - expected[i]).abs() > 1e-5)
-            .collect();
+        let off: Vec<usize> = (0..out.len()).filter(|&i| out[i] != expected[i]).collect();
         eprintln!(
-            "{file} ({w}x{h}): max abs diff {diff:e}, {} values differ, first {:?}",
+            "{bundle}/{file} ({w}x{h}): max abs diff {diff:e}, {} values differ, first {:?}",
             off.len(),
             &off[..off.len().min(8)]
         );
-        assert!(
-            diff <= 1e-5,
-            "{file} ({w}x{h}): max abs diff {diff} against the tools' pixel_values"
+        diffs.push((format!("{file} ({w}x{h})"), diff, off.len()));
+    }
+    Some(diffs)
+}
+
+/// When models/demo/reference/ exists (written by `ocellus-tools validate`), our preparation of each reference
+/// PNG must match its pixel_values.npy.
+#[test]
+fn matches_demo_reference_pixel_values() {
+    for (file, diff, differ) in reference_diffs("demo").unwrap_or_default() {
+        assert_eq!(
+            (diff, differ),
+            (0.0, 0),
+            "{file}: max abs diff {diff} against the tools' pixel_values"
+        );
+    }
+}
+
+/// The committed letterbox bundle (models/vit-import: 64x64 bilinear, pad 114): its reference images are the
+/// model's size (identity), landscape and portrait with odd sides, a rounding tie (128x97 -> 64 x 48.5 -> 49)
+/// and one smaller than the model (scaled up); each prepared must equal the tools' pixel_values.
+#[test]
+fn matches_letterbox_reference_pixel_values() {
+    let diffs = reference_diffs("vit-import").expect("models/vit-import is committed");
+    assert_eq!(diffs.len(), 6, "{diffs:?}");
+    for (file, diff, differ) in diffs {
+        assert_eq!(
+            (diff, differ),
+            (0.0, 0),
+            "{file}: max abs diff {diff} against the tools' pixel_values"
         );
     }
 }
@@ -281,6 +477,156 @@ fn every_format_round_trips_from_rgb() {
         .collect();
     let max = max_abs_diff(&out[..n], &luma);
     assert!(max <= 0.05, "grey vs luma of rgb: max {max}");
+}
+
+/// Deterministic noise (xorshift64*): every byte value, so YUV frames reach every corner of the conversion.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// A frame's RGB8 pixels as the conversion `prepare` uses defines them: yuvutils-rs for YUYV and NV12 (BT.601
+/// limited range) on the whole frame, zune-jpeg for MJPEG, GREY replicated, BGR24 swapped.
+fn whole_frame_rgb(format: PixelFormat, frame: &[u8], w: u32, h: u32) -> Vec<u8> {
+    use yuvutils_rs::{
+        YuvBiPlanarImage, YuvConversionMode, YuvPackedImage, YuvRange, YuvStandardMatrix,
+    };
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
+    match format {
+        PixelFormat::Rgb24 => rgb.copy_from_slice(frame),
+        PixelFormat::Bgr24 => {
+            for (o, i) in rgb.chunks_exact_mut(3).zip(frame.chunks_exact(3)) {
+                o.copy_from_slice(&[i[2], i[1], i[0]]);
+            }
+        }
+        PixelFormat::Grey => {
+            for (o, &v) in rgb.chunks_exact_mut(3).zip(frame) {
+                o.fill(v);
+            }
+        }
+        PixelFormat::Yuyv => {
+            let packed = YuvPackedImage {
+                yuy: frame,
+                yuy_stride: w * 2,
+                width: w,
+                height: h,
+            };
+            yuvutils_rs::yuyv422_to_rgb(
+                &packed,
+                &mut rgb,
+                w * 3,
+                YuvRange::Limited,
+                YuvStandardMatrix::Bt601,
+            )
+            .expect("yuyv");
+        }
+        PixelFormat::Nv12 => {
+            let (y, uv) = frame.split_at((w * h) as usize);
+            let bi = YuvBiPlanarImage {
+                y_plane: y,
+                y_stride: w,
+                uv_plane: uv,
+                uv_stride: w,
+                width: w,
+                height: h,
+            };
+            yuvutils_rs::yuv_nv12_to_rgb(
+                &bi,
+                &mut rgb,
+                w * 3,
+                YuvRange::Limited,
+                YuvStandardMatrix::Bt601,
+                YuvConversionMode::Balanced,
+            )
+            .expect("nv12");
+        }
+        PixelFormat::Mjpeg => {
+            let options = zune_jpeg::zune_core::options::DecoderOptions::default()
+                .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::RGB);
+            let mut decoder = zune_jpeg::JpegDecoder::new_with_options(frame, options);
+            rgb = decoder.decode().expect("jpeg");
+        }
+    }
+    rgb
+}
+
+/// Every pixel format, prepared, equals the RGB24 preparation of that frame's RGB conversion, exactly: in
+/// every resize mode (centre crop, squash, letterbox, identity), with both filters, at sizes whose crop and
+/// filter support start on odd columns and rows. Preparation converts only the part of a frame the resize
+/// reads; this is the check that the part equals the whole.
+#[test]
+fn every_format_equals_its_rgb_conversion() {
+    let models = [
+        (Interpolation::Bicubic, ResizeMode::ShortestEdge, 24, 40),
+        (Interpolation::Bilinear, ResizeMode::ShortestEdge, 32, 32),
+        (Interpolation::Bicubic, ResizeMode::ShortestEdge, 50, 17),
+        (Interpolation::Bilinear, ResizeMode::Squash, 30, 50),
+        (Interpolation::Bicubic, ResizeMode::Squash, 70, 33),
+        (Interpolation::Bicubic, ResizeMode::Letterbox, 40, 40),
+        (Interpolation::Bilinear, ResizeMode::Letterbox, 16, 64),
+    ];
+    let mut compared = 0;
+    for (w, h) in [(160, 120), (98, 62), (62, 98), (34, 30), (2, 2)] {
+        for format in PixelFormat::ALL {
+            let frame = match format {
+                PixelFormat::Mjpeg => synthetic_frame(format, w, h, 4).bytes().to_vec(),
+                _ => noise(
+                    format.frame_bytes(w, h).expect("raw size"),
+                    u64::from(w * h),
+                ),
+            };
+            let rgb = whole_frame_rgb(format, &frame, w, h);
+            let mut cases: Vec<Preprocess> = models
+                .iter()
+                .map(|&(i, r, mh, mw)| Preprocess {
+                    crop: if r == ResizeMode::ShortestEdge {
+                        Crop::Center
+                    } else {
+                        Crop::None
+                    },
+                    ..pre(mh, mw, i, r)
+                })
+                .collect();
+            cases.push(pre(
+                h as usize,
+                w as usize,
+                Interpolation::Bicubic,
+                ResizeMode::ShortestEdge,
+            ));
+            for p in cases {
+                let what = format!(
+                    "{format} {w}x{h} -> {}x{} {:?} {:?}",
+                    p.width, p.height, p.resize, p.interpolation
+                );
+                let mut expected = vec![0f32; 3 * p.width * p.height];
+                Preparer::new(&p, PixelFormat::Rgb24, w, h)
+                    .expect("rgb preparer")
+                    .prepare(&rgb, &mut expected)
+                    .expect("rgb prepare");
+                let mut preparer = Preparer::new(&p, format, w, h).expect(&what);
+                let mut out = vec![0f32; preparer.output_len()];
+                preparer.prepare(&frame, &mut out).expect(&what);
+                let differ = out
+                    .iter()
+                    .zip(&expected)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{what}: {differ} values differ from the whole frame's RGB prepared"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 5 * 6 * 8);
 }
 
 #[test]
@@ -353,6 +699,62 @@ fn wrong_sizes_are_errors() {
         Preparer::new(&bad, PixelFormat::Rgb24, 64, 48),
         Err(PrepareError::Setup { .. })
     ));
+    let letterbox_cropped = Preprocess {
+        resize: ResizeMode::Letterbox,
+        ..p.clone()
+    };
+    assert!(matches!(
+        Preparer::new(&letterbox_cropped, PixelFormat::Rgb24, 64, 48),
+        Err(PrepareError::Setup { .. })
+    ));
+}
+
+/// `scratch_bytes` (what the memory plan counts before a preparer exists) bounds what one holds, for every
+/// format, resize mode and filter, down- and upscaling, thin slivers included.
+#[test]
+fn scratch_bytes_bounds_what_a_preparer_holds() {
+    let mut checked = 0;
+    for (w, h) in [
+        (640, 480),
+        (1280, 720),
+        (98, 62),
+        (2000, 2),
+        (2, 1000),
+        (4, 4),
+    ] {
+        for (mh, mw) in [(224, 224), (64, 64), (7, 300), (300, 7), (1, 1)] {
+            for resize in [
+                ResizeMode::ShortestEdge,
+                ResizeMode::Squash,
+                ResizeMode::Letterbox,
+            ] {
+                for interpolation in [Interpolation::Bilinear, Interpolation::Bicubic] {
+                    for format in PixelFormat::ALL {
+                        let p = Preprocess {
+                            crop: if resize == ResizeMode::ShortestEdge {
+                                Crop::Center
+                            } else {
+                                Crop::None
+                            },
+                            ..pre(mh, mw, interpolation, resize)
+                        };
+                        let Ok(preparer) = Preparer::new(&p, format, w, h) else {
+                            assert!(format.check_size(w, h).is_err(), "{format} {w}x{h}");
+                            continue;
+                        };
+                        let bound = Preparer::scratch_bytes(&p, format, w, h);
+                        let held = preparer.held_bytes();
+                        assert!(
+                            held <= bound,
+                            "{format} {w}x{h} -> {mw}x{mh} {resize:?} {interpolation:?}: holds {held}, bound {bound}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 800, "{checked}");
 }
 
 #[test]
@@ -415,9 +817,20 @@ fn prepare_never_allocates_for_raw_formats() {
             PixelFormat::Rgb24,
             PixelFormat::Bgr24,
         ] {
-            for (side, interp) in [(64, Interpolation::Bilinear), (224, Interpolation::Bicubic)] {
+            for (side, interp, resize) in [
+                (64, Interpolation::Bilinear, ResizeMode::ShortestEdge),
+                (224, Interpolation::Bicubic, ResizeMode::ShortestEdge),
+                (224, Interpolation::Bicubic, ResizeMode::Letterbox),
+            ] {
                 let buf = synthetic_frame(format, w, h, 9);
-                let p = pre(side, side, interp, ResizeMode::ShortestEdge);
+                let p = Preprocess {
+                    crop: if resize == ResizeMode::Letterbox {
+                        Crop::None
+                    } else {
+                        Crop::Center
+                    },
+                    ..pre(side, side, interp, resize)
+                };
                 let mut preparer = Preparer::new(&p, format, w, h).expect("preparer");
                 let mut out = vec![0f32; preparer.output_len()];
                 preparer.prepare(buf.bytes(), &mut out).expect("warm-up");

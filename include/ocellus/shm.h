@@ -530,6 +530,15 @@ static inline uint64_t ocellus_shm_memory_high_water(const ocellus_shm *s) {
     return ocellus_shm__load(s->base, s->status_offset);
 }
 
+/* The writer's flight-recorder counters (docs/recorder.md): recordings written, triggers dropped because the
+ * previous recording was still being written, recordings that failed. All 0 without a recorder. */
+static inline void ocellus_shm_recordings(const ocellus_shm *s, uint64_t *made, uint64_t *dropped,
+                                          uint64_t *errors) {
+    *made = ocellus_shm__load(s->base, s->status_offset + 8);
+    *dropped = ocellus_shm__load(s->base, s->status_offset + 16);
+    *errors = ocellus_shm__load(s->base, s->status_offset + 24);
+}
+
 /* Copies `camera`'s latest complete sample into `out` (its buffers must hold E, L*D and K floats). Never blocks
  * and never waits on the writer: at most 1 + max_retries attempts. `info` may be NULL. */
 static inline int ocellus_shm_read_latest(ocellus_shm *s, uint32_t camera, ocellus_shm_sample *out,

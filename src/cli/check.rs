@@ -13,13 +13,17 @@ pub struct CheckArgs {
     /// Configuration file (TOML); without it, the built-in default.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Measure the model's stage times on this machine again (also for `model.variant = "auto"`), ignoring
+    /// what the measurements file remembers, and print the deadlines they give as a [budgets] table.
+    #[arg(long)]
+    pub measure: bool,
 }
 
 pub fn check(args: CheckArgs, v: Verbosity) -> Result<(), Failure> {
     // An unreadable or invalid config stops here: everything else depends on it.
     let config = load_config(args.config.as_deref())?;
     init_logging(Some(&config.logging), v);
-    let report = ocellus::runtime::check(&config);
+    let report = ocellus::runtime::check_with(&config, args.measure);
     if !report.problems.is_empty() {
         return Err(Failure::config(report.problems.join("\n")));
     }
@@ -30,6 +34,12 @@ pub fn check(args: CheckArgs, v: Verbosity) -> Result<(), Failure> {
     if let Some(plan) = report.plan {
         println!("memory plan:");
         for line in plan.to_string().lines() {
+            println!("  {line}");
+        }
+    }
+    if let Some(budgets) = report.budgets {
+        println!("deadlines in force (paste into the config to fix them):");
+        for line in budgets.lines() {
             println!("  {line}");
         }
     }

@@ -5,6 +5,8 @@ pub mod cameras;
 pub mod check;
 pub mod infer;
 pub mod read;
+pub mod record;
+pub mod replay;
 pub mod run;
 pub mod top;
 

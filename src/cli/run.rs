@@ -60,6 +60,7 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
 
     let mut runtime = Runtime::build(&config, options(&args))?;
     runtime.start()?;
+    let mut usr1 = Usr1::install(&runtime)?;
     let started = Instant::now();
     service.ready(runtime.stats(), started);
     let mut reporter = if args.status_interval > 0.0 {
@@ -91,6 +92,7 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
         service.tick(runtime.stats(), Instant::now());
     }
     service.stopping();
+    usr1.stop();
     runtime.stop();
     if let Some(r) = reporter.as_mut() {
         r.stop();
@@ -120,6 +122,55 @@ pub(super) fn interrupt_flag() -> Result<Arc<AtomicBool>, Failure> {
             .map_err(|e| Failure::runtime(format!("cannot install the signal handlers: {e}")))?;
     }
     Ok(interrupt)
+}
+
+/// SIGUSR1: triggers a flight recording (`[recorder]`), or is logged and ignored without one (instead of
+/// ending the process, the signal's default).
+struct Usr1 {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Usr1 {
+    fn install(runtime: &Runtime) -> Result<Usr1, Failure> {
+        use ocellus::recorder::{External, Outcome};
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+            .map_err(|e| Failure::runtime(format!("cannot install the SIGUSR1 handler: {e}")))?;
+        let handle = signals.handle();
+        let trigger = runtime.recorder().map(|r| r.trigger());
+        if let Some(r) = runtime.recorder() {
+            tracing::info!(socket = %r.socket().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()), "SIGUSR1 and `ocellus record --trigger` trigger a flight recording");
+        }
+        let thread = std::thread::Builder::new()
+            .name("ocellus-usr1".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    let Some(t) = &trigger else {
+                        tracing::warn!("SIGUSR1 ignored: the flight recorder is off (set [recorder] enabled = true)");
+                        continue;
+                    };
+                    let seq = t.request(External::Signal);
+                    match t.outcome(seq, Duration::from_secs(10)) {
+                        Some(Outcome::Accepted(n)) => tracing::info!(recording = n, "SIGUSR1: flight recording triggered"),
+                        Some(Outcome::Joined(n)) => tracing::info!(recording = n, "SIGUSR1: joins the flight recording whose window is filling"),
+                        Some(Outcome::Dropped) => tracing::warn!("SIGUSR1: trigger dropped: the writer is still writing the previous recording"),
+                        Some(Outcome::Off) | None => tracing::warn!("SIGUSR1: the inference thread did not take the trigger"),
+                    }
+                }
+            })
+            .map_err(|e| Failure::runtime(format!("cannot start the SIGUSR1 thread: {e}")))?;
+        Ok(Usr1 {
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The runtime options of `ocellus run`'s flags.

@@ -12,12 +12,6 @@ pub const STALL_PERIODS: u32 = 10;
 pub const THREADS: usize = 1;
 pub const PROMPTS_MAX: usize = 64;
 pub const MEMORY_MIB: u64 = 512;
-pub const DEQUEUE_MS: f64 = 50.0;
-pub const PREPARE_MS: f64 = 5.0;
-pub const ENCODER_MS: f64 = 50.0;
-pub const RESAMPLER_MS: f64 = 20.0;
-pub const PUBLISH_MS: f64 = 2.0;
-pub const END_TO_END_MS: f64 = 100.0;
 pub const SHM_NAME: &str = "ocellus";
 pub const SHM_MODE: u32 = 0o640;
 
@@ -33,3 +27,8 @@ pub(super) const MAX_V4L2_BUFFERS: u32 = 32;
 pub(super) const MAX_STALL_PERIODS: u32 = 1000;
 /// The shortest stall timeout (below it a scheduling hiccup would look like a stall).
 pub(super) const MIN_STALL_MS: f64 = 100.0;
+/// The longest flight-recorder window (`recorder.seconds`) and the most frames per camera (`recorder.frames`).
+pub(super) const MAX_RECORDER_SECONDS: f64 = 600.0;
+pub(super) const MAX_RECORDER_FRAMES: usize = 100_000;
+/// The largest fraction of the window recorded after a trigger (`recorder.after`).
+pub(super) const MAX_RECORDER_AFTER: f64 = 0.9;

@@ -8,7 +8,7 @@
 //!
 //! The configuration sits above the components: it fills in their own settings types
 //! ([`CameraSettings`], [`PromptSettings`], [`RealtimeSettings`], [`MemorySettings`], [`TestHooks`],
-//! [`OnnxruntimeSettings`]) and no
+//! [`OnnxruntimeSettings`], [`RecorderSettings`]) and no
 //! component imports it. Parsing reads no other file: that a replay path, the prompts file or the model
 //! bundle exists and fits is checked when the runtime is built (`runtime`), and those errors name the key.
 //!
@@ -24,6 +24,7 @@ use crate::infer::{OnnxruntimeSettings, VariantChoice};
 use crate::manifest::EngineKind;
 use crate::pipeline::TestHooks;
 use crate::prompts::PromptSettings;
+use crate::recorder::RecorderSettings;
 use crate::rt::RealtimeSettings;
 use crate::source::CameraSettings;
 
@@ -120,7 +121,31 @@ pub struct Config {
     pub testing: TestHooks,
     /// `[onnxruntime]`: the library and execution providers of `model.engine = "onnxruntime"`.
     pub onnxruntime: OnnxruntimeSettings,
+    /// `[recorder]`: the flight recorder (off by default).
+    pub recorder: RecorderSettings,
     pub origin: Origin,
+}
+
+/// Where `model.threads` came from: the file, or the default (one per CPU in `realtime.inference-cpus`, else
+/// one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadsOrigin {
+    Configured,
+    InferenceCpus,
+    Default,
+}
+
+impl ThreadsOrigin {
+    /// Why the engine runs this many threads, for the start-up line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ThreadsOrigin::Configured => "model.threads",
+            ThreadsOrigin::InferenceCpus => "one per CPU in realtime.inference-cpus",
+            ThreadsOrigin::Default => {
+                "the default when realtime.inference-cpus is not set (set it, or model.threads, to use more CPUs)"
+            }
+        }
+    }
 }
 
 /// `[model]`.
@@ -134,23 +159,30 @@ pub struct ModelConfig {
     pub variant: VariantChoice,
     /// Threads the engine may use for inference.
     pub threads: usize,
+    /// Where `threads` came from.
+    pub threads_origin: ThreadsOrigin,
     /// `cpu-isa`: edits the instruction-set features tract uses (tract's `TRACT_CPU_ISA` syntax), e.g.
     /// `"-avx512vnni,-avxvnni"` to run as an AVX2-only machine would.
     pub cpu_isa: Option<String>,
+    /// `measurements`: the file the model's measured times are remembered in (`None`: the runtime's default
+    /// place, see `runtime::calibrate`).
+    pub measurements: Option<PathBuf>,
 }
 
 /// `[budgets]`: the memory budget and per-stage deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budgets {
     pub memory_mib: u64,
-    /// Capture timestamp to dequeue by the inference thread (`dequeue-ms`).
-    pub dequeue: Duration,
-    pub prepare: Duration,
-    pub encoder: Duration,
-    pub resampler: Duration,
-    pub publish: Duration,
+    /// Capture timestamp to dequeue by the inference thread (`dequeue-ms`). Each deadline left out of the
+    /// file is `None`: the runtime derives it from the model's times measured on this machine at start-up
+    /// (`runtime::calibrate`), so defaults fit the model instead of the demo.
+    pub dequeue: Option<Duration>,
+    pub prepare: Option<Duration>,
+    pub encoder: Option<Duration>,
+    pub resampler: Option<Duration>,
+    pub publish: Option<Duration>,
     /// Capture timestamp to published result.
-    pub end_to_end: Duration,
+    pub end_to_end: Option<Duration>,
 }
 
 /// `[shm]`: the shared-memory segment results are published in.

@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     pub(super) testing: RawTesting,
     #[serde(default)]
     pub(super) onnxruntime: RawOnnxruntime,
+    #[serde(default)]
+    pub(super) recorder: RawRecorder,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +57,7 @@ pub(super) struct RawModel {
     pub(super) variant: Option<String>,
     pub(super) threads: Option<usize>,
     pub(super) cpu_isa: Option<String>,
+    pub(super) measurements: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +121,7 @@ pub(super) struct RawRealtime {
 pub(super) struct RawTesting {
     pub(super) delay_stage: Option<String>,
     pub(super) delay_ms: Option<f64>,
+    pub(super) delay_after_frames: Option<u64>,
     pub(super) stall_after_frames: Option<u64>,
 }
 
@@ -126,4 +130,18 @@ pub(super) struct RawTesting {
 pub(super) struct RawOnnxruntime {
     pub(super) library: Option<String>,
     pub(super) providers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawRecorder {
+    pub(super) enabled: Option<bool>,
+    pub(super) seconds: Option<f64>,
+    pub(super) frames: Option<usize>,
+    pub(super) after: Option<f64>,
+    pub(super) dir: Option<String>,
+    pub(super) quota_mib: Option<u64>,
+    pub(super) socket: Option<String>,
+    pub(super) on_late: Option<Vec<String>>,
+    pub(super) on_camera_fault: Option<bool>,
 }

@@ -8,7 +8,7 @@ use super::defaults::{self, *};
 use super::raw::*;
 use super::{
     Budgets, Config, ConfigError, LogFormat, LoggingConfig, ModelConfig, Origin, ShmConfig,
-    DEFAULT_MANIFEST,
+    ThreadsOrigin, DEFAULT_MANIFEST,
 };
 use crate::alloc::MemorySettings;
 use crate::frame::PixelFormat;
@@ -16,6 +16,7 @@ use crate::infer::{OnnxruntimeSettings, Provider, RunVariant, VariantChoice};
 use crate::manifest::EngineKind;
 use crate::pipeline::TestHooks;
 use crate::prompts::{check_prompts, PromptSettings};
+use crate::recorder::{RecorderSettings, Window};
 use crate::rt::RealtimeSettings;
 use crate::source::{CameraSettings, SourceKind, SourceSettings, StallTimeout};
 
@@ -60,20 +61,23 @@ impl Validator<'_> {
             }
             cameras.push(camera);
         }
+        let realtime = self.realtime(raw.realtime)?;
         let config = Config {
             cameras,
-            model: self.model(raw.model)?,
+            model: self.model(raw.model, &realtime)?,
             prompts: self.prompts(raw.prompts)?,
             budgets: self.budgets(raw.budgets)?,
             shm: self.shm(raw.shm)?,
             logging: self.logging(raw.logging)?,
             memory: self.memory(raw.memory)?,
-            realtime: self.realtime(raw.realtime)?,
+            realtime,
             testing: self.testing(raw.testing)?,
             onnxruntime: self.onnxruntime(raw.onnxruntime)?,
+            recorder: RecorderSettings::default(),
             origin: self.origin.clone(),
         };
-        Ok(config)
+        let recorder = self.recorder(raw.recorder, &config.cameras)?;
+        Ok(Config { recorder, ..config })
     }
 
     fn camera(&self, i: usize, rc: RawCamera) -> Result<CameraSettings, ConfigError> {
@@ -252,7 +256,7 @@ impl Validator<'_> {
         })
     }
 
-    fn model(&self, rm: RawModel) -> Result<ModelConfig, ConfigError> {
+    fn model(&self, rm: RawModel, realtime: &RealtimeSettings) -> Result<ModelConfig, ConfigError> {
         let manifest = match rm.manifest {
             Some(p) if p.trim().is_empty() => {
                 return Err(self.err(
@@ -293,19 +297,39 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let threads = rm.threads.unwrap_or(defaults::THREADS);
+        // Left out, the engine gets one thread per CPU the inference role is pinned to, and one thread
+        // when it is not pinned: ocellus does not take a core the control loop may be running on.
+        let (threads, threads_origin) = match rm.threads {
+            Some(n) => (n, ThreadsOrigin::Configured),
+            None if !realtime.inference.cpus.is_empty() => {
+                (realtime.inference.cpus.len(), ThreadsOrigin::InferenceCpus)
+            }
+            None => (defaults::THREADS, ThreadsOrigin::Default),
+        };
         if !(1..=MAX_THREADS).contains(&threads) {
             return Err(self.err(
                 "model.threads",
                 format!("{threads} is outside 1..={MAX_THREADS}"),
             ));
         }
+        let measurements = match rm.measurements {
+            Some(p) if p.trim().is_empty() => {
+                return Err(self.err(
+                    "model.measurements",
+                    "is empty: give a file path, or remove the key for the default place",
+                ))
+            }
+            Some(p) => Some(self.resolve(&p)),
+            None => None,
+        };
         Ok(ModelConfig {
             manifest,
             engine,
             variant,
             threads,
+            threads_origin,
             cpu_isa,
+            measurements,
         })
     }
 
@@ -417,24 +441,24 @@ impl Validator<'_> {
         if memory_mib == 0 {
             return Err(self.err("budgets.memory-mib", "must be at least 1"));
         }
-        let ms = |k: &str, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
-            let v = v.unwrap_or(default);
+        let ms = |k: &str, v: Option<f64>| -> Result<Option<Duration>, ConfigError> {
+            let Some(v) = v else { return Ok(None) };
             if !v.is_finite() || v <= 0.0 || v > MAX_DEADLINE_MS {
                 return Err(self.err(
                     format!("budgets.{k}"),
                     format!("{v} ms: a deadline must be above 0 and at most {MAX_DEADLINE_MS} ms"),
                 ));
             }
-            Ok(Duration::from_secs_f64(v / 1000.0))
+            Ok(Some(Duration::from_secs_f64(v / 1000.0)))
         };
         Ok(Budgets {
             memory_mib,
-            dequeue: ms("dequeue-ms", rb.dequeue_ms, defaults::DEQUEUE_MS)?,
-            prepare: ms("prepare-ms", rb.prepare_ms, defaults::PREPARE_MS)?,
-            encoder: ms("encoder-ms", rb.encoder_ms, defaults::ENCODER_MS)?,
-            resampler: ms("resampler-ms", rb.resampler_ms, defaults::RESAMPLER_MS)?,
-            publish: ms("publish-ms", rb.publish_ms, defaults::PUBLISH_MS)?,
-            end_to_end: ms("end-to-end-ms", rb.end_to_end_ms, defaults::END_TO_END_MS)?,
+            dequeue: ms("dequeue-ms", rb.dequeue_ms)?,
+            prepare: ms("prepare-ms", rb.prepare_ms)?,
+            encoder: ms("encoder-ms", rb.encoder_ms)?,
+            resampler: ms("resampler-ms", rb.resampler_ms)?,
+            publish: ms("publish-ms", rb.publish_ms)?,
+            end_to_end: ms("end-to-end-ms", rb.end_to_end_ms)?,
         })
     }
 
@@ -554,6 +578,12 @@ impl Validator<'_> {
                 Some((stage, Duration::from_secs_f64(ms / 1000.0)))
             }
         };
+        if rt.delay_after_frames.is_some() && delay.is_none() {
+            return Err(self.err(
+                "testing.delay-after-frames",
+                "only applies with testing.delay-stage and testing.delay-ms: add them, or remove it",
+            ));
+        }
         if rt.stall_after_frames == Some(0) {
             return Err(self.err(
                 "testing.stall-after-frames",
@@ -562,7 +592,115 @@ impl Validator<'_> {
         }
         Ok(TestHooks {
             delay,
+            delay_after_frames: rt.delay_after_frames,
             stall_after_frames: rt.stall_after_frames,
+        })
+    }
+
+    fn recorder(
+        &self,
+        rr: RawRecorder,
+        cameras: &[CameraSettings],
+    ) -> Result<RecorderSettings, ConfigError> {
+        use crate::stats::Stage;
+        let d = RecorderSettings::default();
+        let enabled = rr.enabled.unwrap_or(false);
+        let window = match (rr.seconds, rr.frames) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    "recorder.frames",
+                    "recorder.seconds is set too: give one of them (seconds x each camera's fps, or frames per camera)",
+                ))
+            }
+            (Some(s), None) => {
+                if !s.is_finite() || s <= 0.0 || s > MAX_RECORDER_SECONDS {
+                    return Err(self.err(
+                        "recorder.seconds",
+                        format!("{s}: give a window above 0 and at most {MAX_RECORDER_SECONDS} s"),
+                    ));
+                }
+                Window::Seconds(s)
+            }
+            (None, Some(n)) => {
+                if !(1..=MAX_RECORDER_FRAMES).contains(&n) {
+                    return Err(self.err(
+                        "recorder.frames",
+                        format!("{n} is outside 1..={MAX_RECORDER_FRAMES}"),
+                    ));
+                }
+                Window::Frames(n)
+            }
+            (None, None) => d.window,
+        };
+        if enabled && matches!(window, Window::Seconds(_)) {
+            if let Some(i) = cameras.iter().position(|c| c.fps == 0) {
+                return Err(self.err(
+                    "recorder.seconds",
+                    format!("camera[{i}].fps is 0 (as fast as possible), so a window in seconds has no frame count: give recorder.frames instead, or set camera[{i}].fps"),
+                ));
+            }
+        }
+        let after = rr.after.unwrap_or(d.after);
+        if !after.is_finite() || !(0.0..=MAX_RECORDER_AFTER).contains(&after) {
+            return Err(self.err(
+                "recorder.after",
+                format!("{after}: give the fraction of the window recorded after the trigger, 0..={MAX_RECORDER_AFTER}"),
+            ));
+        }
+        let path = |key: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+            match v {
+                Some(p) if p.trim().is_empty() => Err(self.err(
+                    format!("recorder.{key}"),
+                    "is empty: give a path, or remove the key for the default",
+                )),
+                Some(p) => Ok(Some(self.resolve(&p))),
+                None => Ok(None),
+            }
+        };
+        let dir =
+            path("dir", rr.dir)?.unwrap_or_else(|| self.resolve(crate::recorder::defaults::DIR));
+        let socket = path("socket", rr.socket)?
+            .unwrap_or_else(|| dir.join(crate::recorder::defaults::SOCKET));
+        let quota_mib = rr.quota_mib.unwrap_or(crate::recorder::defaults::QUOTA_MIB);
+        if quota_mib == 0 {
+            return Err(self.err("recorder.quota-mib", "must be at least 1"));
+        }
+        let on_late = match rr.on_late {
+            None => d.on_late,
+            Some(names) => {
+                let mut stages = Vec::with_capacity(names.len());
+                for name in names {
+                    let stage = match name.as_str() {
+                        "dequeue" => Stage::Dequeue,
+                        "prepare" => Stage::Prepare,
+                        "encoder" => Stage::Encoder,
+                        "resampler" => Stage::Resampler,
+                        "publish" => Stage::Publish,
+                        "end-to-end" => Stage::EndToEnd,
+                        other => {
+                            return Err(self.err(
+                                "recorder.on-late",
+                                format!("unknown stage '{other}' (expected dequeue, prepare, encoder, resampler, publish or end-to-end; [] for none)"),
+                            ))
+                        }
+                    };
+                    if !stages.contains(&stage) {
+                        stages.push(stage);
+                    }
+                }
+                stages
+            }
+        };
+        Ok(RecorderSettings {
+            enabled,
+            window,
+            after,
+            dir,
+            quota_bytes: quota_mib << 20,
+            socket,
+            on_late,
+            on_camera_fault: rr.on_camera_fault.unwrap_or(d.on_camera_fault),
+            capture: None,
         })
     }
 

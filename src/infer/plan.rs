@@ -22,6 +22,29 @@ pub struct PlanMemory {
     pub input_bytes: u64,
 }
 
+/// The arithmetic a planned model runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Precision {
+    /// As the file says (f32, or int8 for quantized files).
+    AsFile,
+    /// f32 tensors translated to f16 after decluttering (tract's float translator), except the nodes of
+    /// LayerNormalization and Softmax, which stay in f32 (their sums and exponentials overflow or lose too
+    /// much in f16). Inputs and outputs become f16.
+    F16,
+}
+
+/// Whether `node` stays in f32 in an f16 model: LayerNormalization's expansion (its nodes are named after the
+/// ONNX node, `.../LayerNormalization...`) and Softmax.
+fn keeps_f32(node: &TypedNode) -> bool {
+    let name = node.name.as_str();
+    name.contains("LayerNormalization")
+        || name.contains("layer_norm")
+        || name.contains("Softmax")
+        || node
+            .op_as::<tract_onnx::tract_core::ops::nn::Softmax>()
+            .is_some()
+}
+
 pub(crate) struct Planned {
     pub path: PathBuf,
     state: SimpleState<TypedFact, Box<dyn TypedOp>>,
@@ -45,7 +68,11 @@ fn datum_type(dtype: &str) -> Option<DatumType> {
 
 impl Planned {
     /// Parses the verified protobuf, fixes the input facts from the manifest, optimises and plans.
-    pub(crate) fn build(verified: Verified, executor: Executor) -> Result<Planned, LoadError> {
+    pub(crate) fn build(
+        verified: Verified,
+        executor: Executor,
+        precision: Precision,
+    ) -> Result<Planned, LoadError> {
         let Verified {
             entry, path, proto, ..
         } = verified;
@@ -95,11 +122,34 @@ impl Planned {
             model
                 .set_input_fact(ix, InferenceFact::dt_shape(dt, spec.shape.clone()))
                 .map_err(tract("set the input facts of"))?;
+            let run_dt = if precision == Precision::F16 && dt == f32::datum_type() {
+                f16::datum_type()
+            } else {
+                dt
+            };
             inputs.push(Arc::new(
-                Tensor::zero_dt(dt, &spec.shape).map_err(tract("allocate the inputs of"))?,
+                Tensor::zero_dt(run_dt, &spec.shape).map_err(tract("allocate the inputs of"))?,
             ));
         }
-        let typed = model.into_optimized().map_err(tract("optimise"))?;
+        let typed = match precision {
+            Precision::AsFile => model.into_optimized().map_err(tract("optimise"))?,
+            Precision::F16 => {
+                use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
+                use tract_onnx::tract_core::transform::ModelTransform;
+                let mut typed = model
+                    .into_typed()
+                    .and_then(|m| m.into_decluttered())
+                    .map_err(tract("optimise"))?;
+                FloatPrecisionTranslator::with_filter(
+                    f32::datum_type(),
+                    f16::datum_type(),
+                    |node| !keeps_f32(node),
+                )
+                .transform(&mut typed)
+                .map_err(tract("translate to f16"))?;
+                typed.into_optimized().map_err(tract("optimise"))?
+            }
+        };
 
         let output_names: Vec<String> = match typed.output_outlets() {
             Ok(outlets) => outlets
@@ -121,9 +171,11 @@ impl Planned {
                 .ok_or_else(|| signature(format!("output {name} is not in the manifest")))?;
             let fact = typed.output_fact(ix).map_err(tract("optimise"))?;
             let concrete = fact.shape.as_concrete();
-            if concrete != Some(spec.shape.as_slice())
-                || Some(fact.datum_type) != datum_type(&spec.dtype)
-            {
+            let expected = match (precision, datum_type(&spec.dtype)) {
+                (Precision::F16, Some(dt)) if dt == f32::datum_type() => Some(f16::datum_type()),
+                (_, dt) => dt,
+            };
+            if concrete != Some(spec.shape.as_slice()) || Some(fact.datum_type) != expected {
                 return Err(signature(format!(
                     "output {name} is {:?} {} after tract's shape inference, the manifest says {} {}",
                     fact.datum_type,

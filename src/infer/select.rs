@@ -13,7 +13,7 @@ use std::fmt;
 
 use tract_onnx::tract_core::tract_linalg::isa::{self, Isa, IsaSet};
 
-use crate::manifest::{EngineKind, Manifest, ModelRole, QuantFormat, Variant};
+use crate::manifest::{EngineKind, Manifest, ModelRole, Variant};
 
 /// What runs: a file variant of the bundle, or the fp32 files translated to f16 at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,6 +159,31 @@ pub fn check_isa_spec(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets up the instruction set tract will use, before it probes the machine: what the kernel's hardware
+/// capabilities say (std's feature detection reads them) where tract's probe would miss it, then the user's
+/// `model.cpu-isa` edits on top. tract reads arm64 fp16 from the `Features` line of /proc/cpuinfo, which
+/// user-mode emulation (qemu-user) and some containers do not provide; the hwcaps are the truth there.
+pub fn prepare_isa(user: Option<&str>) -> Result<(), String> {
+    let mut spec: Vec<String> = Vec::new();
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            spec.push("+fp16".into());
+        }
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            spec.push("+dotprod".into());
+        }
+    }
+    if let Some(user) = user {
+        check_isa_spec(user)?;
+        spec.push(user.to_owned());
+    }
+    if spec.is_empty() {
+        return Ok(());
+    }
+    force_isa(&spec.join(","))
+}
+
 /// Applies `model.cpu-isa` (tract's `TRACT_CPU_ISA` syntax: comma-separated features, `-` removes, `+` adds)
 /// before tract probes the machine. Must run before any model is loaded; fails if tract has probed already
 /// with another setting, or a token is not a feature tract knows.
@@ -178,17 +203,21 @@ pub fn force_isa(spec: &str) -> Result<(), String> {
 /// The variant [`choose`] picked, and why (one line for the log and `ocellus check`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
+    /// The pick by the CPU's features; the one to run unless `candidates` are measured.
     pub variant: RunVariant,
     pub reason: String,
+    /// More than one: `auto` cannot tell from the CPU alone which of these is faster for this model (small
+    /// models can be slower in int8 even with int8 dot products), so the runtime measures them on this
+    /// machine and keeps the fastest (remembering the answer). Empty or one: nothing to measure.
+    pub candidates: Vec<RunVariant>,
 }
 
 /// Resolves `model.variant` for `engine` on a CPU with `cpu`'s features:
 /// * a fixed variant is kept if the bundle has its files (else an error naming what it has);
-/// * `auto` with tract: int8 where the CPU has int8 dot products and the bundle has int8 files for tract;
-///   else f16 where the CPU computes in f16 (arm64); else fp32;
-/// * `auto` with onnxruntime: int8 when the bundle's int8 files for onnxruntime are in its own forms
-///   (`quant = "qdq"` or `"dynamic"`: its int8 kernels use whatever the CPU offers), else fp32 (a
-///   QOperator file, or a format 1 file of unknown form, runs slower than fp32 in onnxruntime).
+/// * `auto` with tract: where the CPU has int8 dot products and the bundle has int8 files for tract, int8 and
+///   fp32 are the candidates to measure (with no fp32 files, int8); without int8 dot products, f16 where the
+///   CPU computes in f16 (arm64), else fp32 (tract's int8 is 10-60x slower there: never a candidate);
+/// * `auto` with onnxruntime: int8 and fp32 are measured when the bundle has both for onnxruntime.
 pub fn choose(
     choice: VariantChoice,
     manifest: &Manifest,
@@ -225,6 +254,7 @@ pub fn choose(
             Ok(Choice {
                 variant: v,
                 reason: "model.variant".into(),
+                candidates: Vec::new(),
             })
         }
         VariantChoice::Auto => {
@@ -234,69 +264,84 @@ pub fn choose(
                     manifest.name
                 ));
             }
-            let pick = |variant: RunVariant, reason: String| Ok(Choice { variant, reason });
+            let pick = |variant: RunVariant, reason: String| {
+                Ok(Choice {
+                    variant,
+                    reason,
+                    candidates: Vec::new(),
+                })
+            };
+            let measure = |variant: RunVariant, reason: String| {
+                Ok(Choice {
+                    variant,
+                    reason,
+                    candidates: vec![RunVariant::Int8, RunVariant::Fp32],
+                })
+            };
             match engine {
                 EngineKind::Tract => {
+                    // Every variant that can be fast here is a candidate; more than one are measured.
+                    let mut candidates = Vec::new();
+                    let mut why = Vec::new();
                     if cpu.int8_is_fast() && has(Variant::Int8) {
-                        return pick(
-                            RunVariant::Int8,
-                            format!(
-                                "this CPU has {}: tract's int8 kernels beat its f32 ones",
-                                cpu.int8_reason()
-                            ),
-                        );
+                        candidates.push(RunVariant::Int8);
+                        why.push(format!(
+                            "this CPU has {}: tract's int8 kernels can beat its f32 ones",
+                            cpu.int8_reason()
+                        ));
                     }
                     if cpu.has_f16_arithmetic() && has(Variant::Fp32) {
-                        return pick(
-                            RunVariant::F16,
-                            "this CPU computes in f16 (arm64 fp16): the fp32 files translated to f16".into(),
+                        candidates.push(RunVariant::F16);
+                        why.push(
+                            "it computes in f16 (arm64 fp16): the fp32 files can run translated to f16"
+                                .into(),
                         );
                     }
                     if has(Variant::Fp32) {
-                        let why = if cpu.int8_is_fast() {
-                            "the bundle has no int8 files for tract".to_owned()
-                        } else {
-                            format!(
+                        candidates.push(RunVariant::Fp32);
+                        if !cpu.int8_is_fast() {
+                            why.push(format!(
                                 "this CPU has {}: tract's int8 runs slower than its fp32 here",
                                 cpu.int8_reason()
-                            )
-                        };
-                        return pick(RunVariant::Fp32, why);
+                            ));
+                        } else if !has(Variant::Int8) {
+                            why.push("the bundle has no int8 files for tract".into());
+                        }
                     }
-                    pick(
-                        RunVariant::Int8,
-                        "the bundle has int8 files only (they may run slowly on this CPU)".into(),
-                    )
+                    if candidates.is_empty() {
+                        return pick(
+                            RunVariant::Int8,
+                            "the bundle has int8 files only (they may run slowly on this CPU)"
+                                .into(),
+                        );
+                    }
+                    let first = candidates[0];
+                    Ok(Choice {
+                        variant: first,
+                        reason: why.join("; "),
+                        candidates: if candidates.len() > 1 {
+                            candidates
+                        } else {
+                            Vec::new()
+                        },
+                    })
                 }
                 EngineKind::Onnxruntime => {
-                    // onnxruntime fuses QDQ and dynamic int8 into its int8 kernels, but runs tract's
-                    // QOperator form 3-5x slower than its own fp32 (docs/bench.md): int8 only in its forms.
-                    let ort_form = |role: ModelRole| {
-                        manifest
-                            .file_for(role, Variant::Int8, engine)
-                            .and_then(|f| f.quant)
-                            .is_some_and(|q| q != QuantFormat::Qoperator)
-                    };
-                    if has(Variant::Int8)
-                        && ort_form(ModelRole::Vision)
-                        && ort_form(ModelRole::Resampler)
-                    {
+                    if has(Variant::Int8) && has(Variant::Fp32) {
+                        measure(
+                            RunVariant::Int8,
+                            "the bundle has int8 files made for onnxruntime".into(),
+                        )
+                    } else if has(Variant::Int8) {
                         pick(
                             RunVariant::Int8,
-                            "the bundle has int8 files in onnxruntime's forms (QDQ or dynamic)"
-                                .into(),
-                        )
-                    } else if has(Variant::Fp32) {
-                        pick(
-                            RunVariant::Fp32,
-                            if has(Variant::Int8) {
-                                "the bundle's int8 files for onnxruntime are QOperator (or of unknown form), which onnxruntime runs slower than fp32".into()
-                            } else {
-                                "the bundle has no int8 files for onnxruntime".into()
-                            },
+                            "the bundle has int8 files made for onnxruntime".into(),
                         )
                     } else {
-                        pick(RunVariant::Int8, "the bundle has int8 files only".into())
+                        pick(
+                            RunVariant::Fp32,
+                            "the bundle has no int8 files for onnxruntime".into(),
+                        )
                     }
                 }
             }

@@ -155,6 +155,20 @@ pub fn file_sizes_for(
     Ok(sizes)
 }
 
+/// Layer 1 alone: the entries of `variant` (vision, resampler and, unless the bundle is vision-only, text) against
+/// the fixed tensor names and each other, reading no file. Returns the roles checked.
+pub fn check_consistency(
+    manifest: &Manifest,
+    variant: Variant,
+) -> Result<Vec<ModelRole>, LoadError> {
+    let mut roles = vec![ModelRole::Vision, ModelRole::Resampler];
+    if manifest.text.is_some() {
+        roles.push(ModelRole::Text);
+    }
+    check_manifest(manifest, variant, &roles)?;
+    Ok(roles)
+}
+
 pub(crate) fn entry(
     manifest: &Manifest,
     role: ModelRole,

@@ -16,6 +16,9 @@ pub(super) struct CaptureState {
     pub(super) source: Box<dyn FrameSource>,
     pub(super) handoff: Arc<Handoff>,
     pub(super) restarted: Arc<AtomicBool>,
+    /// Wait for the inference thread to take the previous frame instead of displacing it (`ocellus replay`:
+    /// every frame is processed).
+    pub(super) lossless: bool,
 }
 
 /// How often a capture thread retries opening a camera whose device is gone (a missing path costs one failed
@@ -53,7 +56,7 @@ pub(super) fn capture_loop(
     let mut waiting = false;
     while running.load(Relaxed) {
         if !started {
-            match cap.source.start() {
+            match start_outside_region(cap.source.as_mut()) {
                 Ok(()) => {
                     started = true;
                     waiting = false;
@@ -118,6 +121,9 @@ pub(super) fn capture_loop(
                     tracing::info!(camera = cap.index, name = %cap.name, "camera recovered");
                 }
                 backoff = backoff_min;
+                while cap.lossless && !cap.handoff.slot.is_empty() && running.load(Relaxed) {
+                    std::thread::park_timeout(Duration::from_millis(1));
+                }
                 if let Some(old) = cap.handoff.slot.force_push(buf) {
                     counters.dropped.fetch_add(1, Relaxed);
                     let _ = cap.handoff.pool.give(old);
@@ -181,4 +187,18 @@ pub(super) fn capture_loop(
     if started {
         cap.source.stop();
     }
+}
+
+/// Starts (or reopens) `source` with this thread's allocations served by the system allocator, not the
+/// frame-path region: a source allocates its buffers in `start` (the synthetic camera's render, a V4L2
+/// device's bookkeeping), once per start, which is not the steady frame path the region is sized for (the
+/// memory plan counts them as the camera's own part).
+fn start_outside_region(source: &mut dyn FrameSource) -> Result<(), SourceError> {
+    let role = crate::alloc::current_role();
+    crate::alloc::unregister_thread();
+    let r = source.start();
+    if let Some(role) = role {
+        crate::alloc::register_thread(role);
+    }
+    r
 }

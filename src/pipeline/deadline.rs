@@ -36,6 +36,9 @@ pub struct TestHooks {
     /// Sleep this long inside this stage of every frame (the sleep counts as the stage's time). `Dequeue`
     /// delays the inference thread before it takes the frame; `Score` and `EndToEnd` are not delayable.
     pub delay: Option<(Stage, Duration)>,
+    /// The delay starts once this many frames were published (the frames before it are on time): a deadline
+    /// miss with on-time frames before it, as the flight recorder's test needs.
+    pub delay_after_frames: Option<u64>,
     /// After this many published frames the inference thread stops taking frames, as a hung model would,
     /// until the pipeline is stopped; capture goes on and its frames are dropped.
     pub stall_after_frames: Option<u64>,
@@ -48,9 +51,18 @@ impl TestHooks {
     }
 }
 
-/// The `[testing]` delay: when `stage` is the delayed one, sleeps for the delay (waking early when the
-/// pipeline stops) and returns the ns slept; otherwise returns 0 at once.
-pub(super) fn test_delay(hooks: &TestHooks, stage: Stage, running: &AtomicBool) -> u64 {
+/// The `[testing]` delay: when `stage` is the delayed one (and `published` frames are past
+/// `delay_after_frames`), sleeps for the delay (waking early when the pipeline stops) and returns the ns
+/// slept; otherwise returns 0 at once.
+pub(super) fn test_delay(
+    hooks: &TestHooks,
+    stage: Stage,
+    running: &AtomicBool,
+    published: u64,
+) -> u64 {
+    if hooks.delay_after_frames.is_some_and(|n| published < n) {
+        return 0;
+    }
     match hooks.delay {
         Some((s, d)) if s == stage => {
             let t0 = monotonic_ns();

@@ -15,6 +15,7 @@ use crate::infer::{InferenceEngine, VisionOutput};
 use crate::manifest::Preprocess;
 use crate::prepare::Preparer;
 use crate::prompts::PromptSet;
+use crate::recorder::{FrameRecord, RecorderTap};
 use crate::sink::{
     argmax, FrameResult, Sink, FLAG_CAMERA_LOST, FLAG_CAMERA_RESTARTED, FLAG_DEGRADED,
 };
@@ -46,6 +47,8 @@ pub(super) struct InferState {
     pub(super) hooks: TestHooks,
     /// Names a source's ground-truth label (the prompt that should win), when sources carry them.
     pub(super) ground_truth: Option<fn(u16) -> Option<&'static str>>,
+    /// The flight recorder or capture: one copy of each published frame and its results.
+    pub(super) recorder: Option<RecorderTap>,
 }
 
 pub(super) fn inference_loop(
@@ -76,7 +79,7 @@ pub(super) fn inference_loop(
             };
             took = true;
             next = cam + 1;
-            let ok = st.process(cam, &buf, stats, running);
+            let ok = st.process(cam, &buf, stats, running, published);
             // Every buffer came from this pool, which has room for all of them.
             let _ = st.cameras[cam].handoff.pool.give(buf);
             if ok {
@@ -88,6 +91,9 @@ pub(super) fn inference_loop(
             break;
         }
         if !took {
+            if let Some(r) = st.recorder.as_mut() {
+                r.idle();
+            }
             // Every source has ended (replay without loop) and every slot is empty: the run is over.
             if cameras_live.load(Ordering::SeqCst) == 0
                 && st.cameras.iter().all(|c| c.handoff.slot.is_empty())
@@ -98,6 +104,9 @@ pub(super) fn inference_loop(
         }
     }
     running.store(false, Ordering::SeqCst);
+    if let Some(r) = st.recorder.as_mut() {
+        r.finish();
+    }
     for sink in st.sinks.iter_mut() {
         sink.stop();
     }
@@ -111,11 +120,12 @@ impl InferState {
         buf: &FrameBuf,
         stats: &Stats,
         running: &AtomicBool,
+        published: u64,
     ) -> bool {
         let cam_stats = stats.camera(index);
         let counters = &cam_stats.counters;
         let meta = &buf.meta;
-        test_delay(&self.hooks, Stage::Dequeue, running);
+        test_delay(&self.hooks, Stage::Dequeue, running, published);
         let t_dequeue = monotonic_ns();
         let mut stage_ns = [0u64; STAGE_COUNT];
         stage_ns[Stage::Dequeue.index()] = t_dequeue.saturating_sub(meta.capture_ns);
@@ -143,7 +153,7 @@ impl InferState {
             log_corrupt(cam, index, meta.sequence, &e);
             return false;
         }
-        test_delay(&self.hooks, Stage::Prepare, running);
+        test_delay(&self.hooks, Stage::Prepare, running, published);
         let t_prepared = monotonic_ns();
         stage_ns[Stage::Prepare.index()] = t_prepared - t_dequeue;
 
@@ -157,8 +167,8 @@ impl InferState {
                 return false;
             }
         };
-        let enc_delay = test_delay(&self.hooks, Stage::Encoder, running);
-        let res_delay = test_delay(&self.hooks, Stage::Resampler, running);
+        let enc_delay = test_delay(&self.hooks, Stage::Encoder, running, published);
+        let res_delay = test_delay(&self.hooks, Stage::Resampler, running, published);
         let t_inferred = monotonic_ns();
         let enc = u64::try_from(times.encoder.as_nanos()).unwrap_or(u64::MAX);
         stage_ns[Stage::Encoder.index()] = enc.saturating_add(enc_delay);
@@ -248,7 +258,7 @@ impl InferState {
                 }
             }
         }
-        test_delay(&self.hooks, Stage::Publish, running);
+        test_delay(&self.hooks, Stage::Publish, running, published);
         let t_published = monotonic_ns();
         stage_ns[Stage::Publish.index()] = t_published - t_scored;
         stage_ns[Stage::EndToEnd.index()] = t_published.saturating_sub(meta.capture_ns);
@@ -268,6 +278,21 @@ impl InferState {
         }
         counters.last_sequence.store(meta.sequence, Relaxed);
         counters.processed.fetch_add(1, Relaxed);
+        if let Some(recorder) = self.recorder.as_mut() {
+            // After publishing: the copy delays the next frame, never this frame's result.
+            recorder.record(&FrameRecord {
+                camera: index,
+                meta,
+                data: &buf.data[..bytes],
+                publish_ns: t_scored,
+                stage_ns,
+                flags: flags | late_stages,
+                image_embeds: &self.output.image_embeds,
+                latents: &self.output.latents,
+                scores,
+                prompts: &prompts,
+            });
+        }
         true
     }
 }

@@ -48,6 +48,7 @@ use crate::infer::InferenceEngine;
 use crate::manifest::Preprocess;
 use crate::prepare::{PrepareError, Preparer};
 use crate::prompts::PromptSet;
+use crate::recorder::RecorderTap;
 use crate::rt::{RealtimeSettings, RtError};
 use crate::sink::Sink;
 use crate::source::FrameSource;
@@ -75,6 +76,9 @@ pub struct PipelineSettings {
     /// Names a frame's ground-truth label (the prompt that should win) so results can be judged; the demo's
     /// synthetic and replay cameras carry labels of the demo scenes (`scene::class_prompt`).
     pub ground_truth: Option<fn(u16) -> Option<&'static str>>,
+    /// A capture thread waits for the inference thread to take its previous frame instead of displacing it,
+    /// so every frame is processed (`ocellus replay`; never for live cameras).
+    pub lossless: bool,
 }
 
 impl Default for PipelineSettings {
@@ -89,6 +93,7 @@ impl Default for PipelineSettings {
             realtime: RealtimeSettings::default(),
             test_hooks: TestHooks::default(),
             ground_truth: None,
+            lossless: false,
         }
     }
 }
@@ -238,6 +243,7 @@ impl Pipeline {
                 source: cam.source,
                 handoff,
                 restarted,
+                lossless: settings.lossless,
             });
         }
         let input = vec![0.0; engine.input_len()];
@@ -258,6 +264,7 @@ impl Pipeline {
                 max_frames: settings.max_frames,
                 hooks: settings.test_hooks,
                 ground_truth: settings.ground_truth,
+                recorder: None,
             }),
             settings,
             capture,
@@ -277,6 +284,14 @@ impl Pipeline {
     pub fn add_sink(&mut self, sink: Box<dyn Sink>) -> Result<(), PipelineError> {
         let infer = self.infer.as_mut().ok_or(PipelineError::AlreadyStarted)?;
         infer.sinks.push(sink);
+        Ok(())
+    }
+
+    /// Gives the inference thread the recorder's tap before [`Pipeline::start`]: every published frame is
+    /// copied into its camera's ring (`recorder`).
+    pub fn set_recorder(&mut self, tap: RecorderTap) -> Result<(), PipelineError> {
+        let infer = self.infer.as_mut().ok_or(PipelineError::AlreadyStarted)?;
+        infer.recorder = Some(tap);
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::set::{PromptSet, NEXT_VERSION};
 use super::PromptError;
-use crate::infer::{self, l2_normalise, Executor, LoadError, Planned};
+use crate::infer::{self, l2_normalise, Executor, LoadError, Planned, Precision};
 use crate::manifest::{Manifest, ModelRole, Variant};
 
 /// The tokenizer and the text model of a bundle.
@@ -48,7 +48,7 @@ impl TextEncoder {
         infer::check_manifest(manifest, variant, &[ModelRole::Text])?;
         let verified = infer::read_verified(manifest, ModelRole::Text, variant)?;
         let files = vec![verified.size.clone()];
-        let model = Planned::build(verified, Executor::SingleThread)?;
+        let model = Planned::build(verified, Executor::SingleThread, Precision::AsFile)?;
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
             PromptError::Tokenizer {
                 path: tokenizer_path.clone(),

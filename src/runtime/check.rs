@@ -17,12 +17,47 @@ pub struct CheckReport {
     pub problems: Vec<String>,
     /// The memory plan with the planned models, when they loaded.
     pub plan: Option<MemoryPlan>,
+    /// The deadlines in force, as a `[budgets]` table to put in the config (derived ones marked).
+    pub budgets: Option<String>,
+}
+
+/// The deadlines as a `[budgets]` table, each derived one marked as measured.
+fn budgets_table(config: &Config, d: &crate::pipeline::Deadlines) -> String {
+    use crate::stats::Stage;
+    let b = &config.budgets;
+    let mut out = format!("[budgets]\nmemory-mib = {}\n", b.memory_mib);
+    for (key, stage, given) in [
+        ("dequeue-ms", Stage::Dequeue, b.dequeue),
+        ("prepare-ms", Stage::Prepare, b.prepare),
+        ("encoder-ms", Stage::Encoder, b.encoder),
+        ("resampler-ms", Stage::Resampler, b.resampler),
+        ("publish-ms", Stage::Publish, b.publish),
+        ("end-to-end-ms", Stage::EndToEnd, b.end_to_end),
+    ] {
+        let ms = d.stage_ns[stage.index()] as f64 / 1e6;
+        let note = if given.is_some() {
+            "from the config"
+        } else {
+            "derived from the times measured here"
+        };
+        out.push_str(&format!(
+            "{key} = {:.1}   # {note}\n",
+            (ms * 10.0).ceil() / 10.0
+        ));
+    }
+    out
 }
 
 /// Runs the start-up phases of [`super::Runtime::build`] against `config` without starting anything:
 /// the prompts, each camera (opened, started and stopped, which checks that it delivers the configured
 /// format and size), the manifest and its files, the preparers, the models, the memory plan.
 pub fn check(config: &Config) -> CheckReport {
+    check_with(config, false)
+}
+
+/// [`check`], and with `measure` the model's times measured again (ignoring the measurements file) and the
+/// deadlines they give printed as a `[budgets]` table ([`CheckReport::budgets`]).
+pub fn check_with(config: &Config, measure: bool) -> CheckReport {
     let mut r = CheckReport::default();
     if let Err(e) = config.require_cameras() {
         r.problems.push(e.to_string());
@@ -68,11 +103,27 @@ pub fn check(config: &Config) -> CheckReport {
         }
     };
     r.ok.push(format!("CPU features tract uses: {}", selected.cpu));
+    if selected.candidates.len() > 1 {
+        let names: Vec<&str> = selected.candidates.iter().map(|v| v.name()).collect();
+        r.ok.push(format!(
+            "engine {}, variant auto: measures {} on this machine and keeps the fastest ({})",
+            selected.settings.engine,
+            names.join(" and "),
+            selected.reason
+        ));
+    } else {
+        r.ok.push(format!(
+            "engine {}, variant {} ({})",
+            selected.settings.engine, selected.settings.variant, selected.reason
+        ));
+    }
     r.ok.push(format!(
-        "engine {}, variant {} ({})",
-        selected.settings.engine, selected.settings.variant, selected.reason
+        "inference threads: {} ({})",
+        config.model.threads,
+        config.model.threads_origin.reason()
     ));
     let variant = selected.settings.variant.file_variant();
+    check_recorder(config, &manifest, &mut r);
     if let Err(e) = build::estimate(config, &manifest, &selected, true) {
         r.problems.push(e.message);
         return r;
@@ -94,9 +145,27 @@ pub fn check(config: &Config) -> CheckReport {
             ));
         }
     }
-    let engine = match build::engine(&manifest, &selected) {
-        Ok(engine) => {
+    let mut measured_region = 0;
+    // What the engine kept (auto's choice, and the candidates it measured) decides the text encoder and the plan.
+    let mut selected = selected;
+    let engine = match build::engine(config, &manifest, selected.clone(), measure) {
+        Ok((engine, chosen, timing)) => {
+            measured_region = timing.region_bytes;
             r.ok.push("vision encoder and resampler load and plan".into());
+            r.ok.push(format!(
+                "runs {} ({}); encoder p50 {:.2} ms (max {:.2}), resampler p50 {:.2} ms (max {:.2}) on this machine",
+                engine.info(),
+                chosen.reason,
+                timing.encoder.p50_ms,
+                timing.encoder.max_ms,
+                timing.resampler.p50_ms,
+                timing.resampler.max_ms
+            ));
+            match build::deadlines(config, &manifest, &timing) {
+                Ok(d) => r.budgets = Some(budgets_table(config, &d)),
+                Err(e) => r.problems.push(e.message),
+            }
+            selected = chosen;
             Some(engine)
         }
         Err(e) => {
@@ -107,7 +176,15 @@ pub fn check(config: &Config) -> CheckReport {
     match build::prompt_source(config, &manifest, &selected) {
         Ok(mut source) => {
             if let Some(engine) = &engine {
-                match build::plan(config, &manifest, &selected, true, engine.as_ref(), &source) {
+                match build::plan(
+                    config,
+                    &manifest,
+                    &selected,
+                    true,
+                    engine.as_ref(),
+                    &source,
+                    measured_region,
+                ) {
                     Ok(plan) => {
                         r.ok.push(format!(
                             "memory plan fits: {:.1} of {} MiB (budgets.memory-mib)",
@@ -147,6 +224,45 @@ pub fn check(config: &Config) -> CheckReport {
         Err(e) => r.problems.push(e.message),
     }
     r
+}
+
+/// The flight recorder: a whole window fits the disk quota, and its directory can be written.
+fn check_recorder(config: &Config, manifest: &crate::manifest::Manifest, r: &mut CheckReport) {
+    let rec = &config.recorder;
+    if !rec.enabled {
+        return;
+    }
+    if let Err(e) = build::check_recorder(config, manifest) {
+        r.problems.push(e.message);
+        return;
+    }
+    let probe = rec.dir.join(".ocellus-check");
+    let writable = std::fs::create_dir_all(&rec.dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe));
+    if let Err(e) = writable {
+        r.problems.push(format!(
+            "config {}: recorder.dir {}: cannot write there ({e}): create it writable by the service's user, or point recorder.dir elsewhere",
+            config.origin,
+            rec.dir.display()
+        ));
+        return;
+    }
+    let cameras = build::ring_cameras(config);
+    let most =
+        crate::recorder::max_recording_bytes(&cameras, &build::results_shape(config, manifest));
+    let stages: Vec<&str> = rec.on_late.iter().map(|s| s.name()).collect();
+    r.ok.push(format!(
+        "flight recorder: {} frames per camera ({}), recordings of up to {:.1} MiB in {} (quota {} MiB); triggers: late {}{}, SIGUSR1, {}",
+        cameras.iter().map(|c| c.slots.to_string()).collect::<Vec<_>>().join(" + "),
+        config.cameras.first().map(|c| rec.window_detail(c.fps)).unwrap_or_default(),
+        most as f64 / (1u64 << 20) as f64,
+        rec.dir.display(),
+        rec.quota_bytes >> 20,
+        if stages.is_empty() { "(none)".to_owned() } else { stages.join(", ") },
+        if rec.on_camera_fault { ", camera faults" } else { "" },
+        rec.socket.display()
+    ));
 }
 
 /// Opens and starts the camera's source (which checks that it can deliver the configured format and size),

@@ -17,17 +17,42 @@ pub struct ModelMemory<'a> {
     pub engine: &'a EngineMemory,
     pub text_files: &'a [FileSize],
     pub text_run: PlanMemory,
+    /// What the frame-path region carved serving the engine's calibration runs (`alloc::trace`); 0: not
+    /// measured (the region is then sized from the planned tensors, an overestimate).
+    pub measured_region: u64,
+}
+
+/// Headroom on a measured region, besides a sixteenth for alignment padding between blocks: the small
+/// allocations of the rest of the frame path. (Measured: the demo and the tiny HF bundle, fp32 and int8, 1
+/// and 2 threads, need 1.09-1.39x less than the region this sizes; docs/memory.md.)
+pub const MEASURED_REGION_SLACK: u64 = 16 * 1024;
+
+/// What the capture threads allocate per frame, served by the region: the synthetic camera's MJPEG
+/// encoder (its compressed output and scratch; measured at 26 KiB for 640x480, this allows a quarter byte
+/// per pixel and 64 KiB).
+fn capture_region_bytes(config: &Config) -> u64 {
+    config
+        .cameras
+        .iter()
+        .filter(|c| {
+            c.format == crate::frame::PixelFormat::Mjpeg
+                && matches!(c.source, crate::source::SourceSettings::Synthetic { .. })
+        })
+        .map(|c| c.width as u64 * c.height as u64 / 4 + 64 * 1024)
+        .sum()
 }
 
 /// The plan of `config` with `manifest`'s models of file `variant`: from the manifest alone (`models` = `None`, before any
 /// model is loaded: weights from the files' sizes, the engine's working memory unknown unless
-/// `memory.arena-mib` fixes it), or with the planned models' figures.
+/// `memory.arena-mib` fixes it), or with the planned models' figures. `calibrating`: the variants `auto`
+/// loads and times at start-up before keeping `variant` (empty when it remembers its choice).
 pub fn plan(
     config: &Config,
     manifest: &Manifest,
     variant: Variant,
     with_shm: bool,
     models: Option<&ModelMemory<'_>>,
+    calibrating: &[Variant],
 ) -> MemoryPlan {
     let mut plan = MemoryPlan::new(config.budgets.memory_mib * MIB, models.is_some());
     let pre = &manifest.preprocess;
@@ -106,17 +131,51 @@ pub fn plan(
         shrink: "use model.variant = \"int8\" or a smaller model",
     });
 
+    let (loading, detail) = loading_bytes(config, manifest, variant, calibrating);
+    plan.push(Part {
+        name: parts::LOADING,
+        detail,
+        bytes: loading,
+        shrink: "use model.variant = \"int8\" or a smaller model",
+    });
+
     let fixed = config.memory.arena_mib.map(|m| m * MIB);
     let (arena, detail) = match (models, fixed) {
+        (Some(m), _) if m.measured_region > 0 => {
+            let capture = capture_region_bytes(config);
+            let arena = fixed.unwrap_or(
+                m.measured_region + m.measured_region / 16 + MEASURED_REGION_SLACK + capture,
+            );
+            (
+                arena,
+                format!(
+                    "region: the engine's runs carved {} measured here, + 1/16 + {}{}{}",
+                    human(m.measured_region),
+                    human(MEASURED_REGION_SLACK),
+                    if capture > 0 {
+                        format!(" + capture {}", human(capture))
+                    } else {
+                        String::new()
+                    },
+                    if fixed.is_some() {
+                        "; memory.arena-mib overrides it"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }
         (Some(m), _) => {
             let e = m.engine;
             let arena = fixed.unwrap_or_else(|| e.arena_bytes());
             (
                 arena,
                 format!(
-                    "region for the per-run tensors of encoder {} + resampler {} (planned), x{:.2} + {}{}",
+                    "region for the per-run tensors of encoder {} (peak live {}) + resampler {} (peak live {}) (planned), x{:.2} + {}{}",
                     human(e.encoder.tensor_bytes),
+                    human(e.encoder.peak_live_bytes),
                     human(e.resampler.tensor_bytes),
+                    human(e.resampler.peak_live_bytes),
                     ARENA_TENSOR_PERCENT as f64 / 100.0,
                     human(ARENA_SLACK_BYTES),
                     if fixed.is_some() {
@@ -219,6 +278,44 @@ pub fn plan(
         shrink: "lower prompts.max or set shm.latents = \"f16\"",
     });
 
+    let recorder = &config.recorder;
+    let mut recorder_threads = 0;
+    if recorder.is_on() {
+        let shape = super::build::results_shape(config, manifest);
+        let cameras = super::build::ring_cameras(config);
+        let rings: Vec<u64> = cameras
+            .iter()
+            .map(|c| crate::recorder::ring_bytes(c.slots, c.frame_bytes(), &shape))
+            .collect();
+        let detail = cameras
+            .iter()
+            .zip(&config.cameras)
+            .map(|(c, cam)| {
+                format!(
+                    "{} {} frames ({}) x ({} frame + {} results)",
+                    c.name,
+                    c.slots,
+                    recorder.window_detail(cam.fps),
+                    human(c.frame_bytes() as u64),
+                    human(shape.record_bytes() as u64)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + ");
+        plan.push(Part {
+            name: parts::RECORDER,
+            detail: if recorder.capture.is_some() {
+                format!("capture rings: {detail}")
+            } else {
+                format!("rings of the last frames: {detail}")
+            },
+            bytes: rings.iter().sum(),
+            shrink: "lower recorder.seconds or recorder.frames, or set recorder.enabled = false",
+        });
+        // The writer; the flight recorder's control socket and signal handler.
+        recorder_threads = if recorder.capture.is_some() { 1 } else { 3 };
+    }
+
     let (code, measured) = match crate::alloc::mapped_file_bytes() {
         Some(b) => (b, "mapped now"),
         None => (CODE_BYTES_UNKNOWN, "not readable, assumed"),
@@ -234,8 +331,8 @@ pub fn plan(
     } else {
         0
     };
-    // main, inference, shared-memory heartbeat, status line, prompt watcher, capture per camera.
-    let threads = 5 + config.cameras.len() as u64 + workers;
+    // main, inference, shared-memory heartbeat, status line, prompt watcher, capture per camera, recorder.
+    let threads = 5 + config.cameras.len() as u64 + workers + recorder_threads;
     plan.push(Part {
         name: parts::STACKS,
         detail: format!("{threads} threads x {}", human(THREAD_STACK_BYTES)),
@@ -249,6 +346,72 @@ pub fn plan(
         shrink: "",
     });
     plan
+}
+
+/// The vision and resampler files of `variant` for the configured engine, then the text encoder's (the
+/// order start-up loads them in, see `runtime::build`), with their sizes.
+fn load_order(config: &Config, manifest: &Manifest, variant: Variant) -> Vec<(ModelRole, u64)> {
+    let engine = config.model.engine;
+    let mut order: Vec<(ModelRole, u64)> = [ModelRole::Vision, ModelRole::Resampler]
+        .iter()
+        .filter_map(|&r| manifest.file_for(r, variant, engine).map(|f| (r, f.size)))
+        .collect();
+    let text = manifest
+        .file(ModelRole::Text, variant)
+        .or_else(|| manifest.file(ModelRole::Text, Variant::Fp32));
+    if let (true, Some(f)) = (manifest.text.is_some(), text) {
+        order.push((ModelRole::Text, f.size));
+    }
+    order
+}
+
+/// How far the load-time peak rises above the weights of the models kept (`variant`), and what causes it.
+///
+/// While a file loads, three copies of its weights are alive: the file's bytes, the decoded protobuf and the
+/// tensors being built (measured: ViT-B/32 fp32 peaks 332 MiB above the steady plan while its 242 MiB text
+/// file loads), beside the files loaded before it into the same engine. `auto`'s first start measures each of
+/// `calibrating`'s variants first, one engine at a time (its vision and resampler files loaded, timed and
+/// dropped), then loads the one it keeps and the text encoder.
+fn loading_bytes(
+    config: &Config,
+    manifest: &Manifest,
+    variant: Variant,
+    calibrating: &[Variant],
+) -> (u64, String) {
+    let kept = load_order(config, manifest, variant);
+    let weights: u64 = kept.iter().map(|(_, b)| b).sum();
+    let mut peak = (0u64, String::new());
+    let mut walk = |order: &[(ModelRole, u64)], what: &str| {
+        let mut loaded = 0u64;
+        for &(role, size) in order {
+            let at = loaded + 3 * size;
+            if at > peak.0 {
+                peak = (
+                    at,
+                    format!(
+                        "{what}its {role} file ({}) read, decoded and built",
+                        human(size)
+                    ),
+                );
+            }
+            loaded += size;
+        }
+    };
+    for &v in calibrating.iter().filter(|&&v| v != variant) {
+        let order: Vec<_> = load_order(config, manifest, v)
+            .into_iter()
+            .filter(|(r, _)| *r != ModelRole::Text)
+            .collect();
+        walk(&order, &format!("measuring {v} at the first start: "));
+    }
+    walk(&kept, "");
+    let extra = peak.0.saturating_sub(weights);
+    let detail = if extra == 0 {
+        "start-up only: nothing above the weights".into()
+    } else {
+        format!("start-up only: {}", peak.1)
+    };
+    (extra, detail)
 }
 
 /// What [`take`] did.

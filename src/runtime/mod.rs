@@ -17,8 +17,10 @@
 //! code: a configuration or bundle a person must fix (2), or a failure of the system (1).
 
 mod build;
+pub mod calibrate;
 mod check;
 pub mod memory;
+mod replay;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -30,12 +32,14 @@ use crate::budget::MemoryPlan;
 use crate::config::Config;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::prompts::{PromptSet, PromptWatcher};
+use crate::recorder::{Recorder, RecorderError};
 use crate::sink::Sink;
 use crate::stats::Stats;
 
 pub use build::{probe_camera, prompt_source, select_engine, PromptSource, Selected};
-pub use check::{check, CheckReport};
+pub use check::{check, check_with, CheckReport};
 pub use memory::Taken;
+pub use replay::{replay, replay_config, ReplayError};
 
 /// What kind of failure a [`BuildError`] is; the `ocellus` binary's exit code comes from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +116,11 @@ pub struct RuntimeOptions {
     /// Reserve the frame-path region and lock memory ([`memory::take`]); a program that builds several
     /// runtimes in one process (the tests) reserves once.
     pub take_memory: bool,
+    /// Measure the model again even if the measurements file remembers it ([`calibrate`]).
+    pub remeasure: bool,
+    /// Every frame is processed: a capture thread waits for the inference thread instead of displacing its
+    /// previous frame (`ocellus replay`; never for live cameras).
+    pub lossless: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -121,6 +130,8 @@ impl Default for RuntimeOptions {
             shm: ShmTarget::Config,
             extra_sinks: Vec::new(),
             take_memory: true,
+            remeasure: false,
+            lossless: false,
         }
     }
 }
@@ -132,6 +143,7 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("shm", &self.shm)
             .field("extra_sinks", &self.extra_sinks.len())
             .field("take_memory", &self.take_memory)
+            .field("lossless", &self.lossless)
             .finish()
     }
 }
@@ -154,6 +166,8 @@ pub struct ModelInfo {
     pub threads: usize,
     /// E: the embedding width.
     pub embed_dim: usize,
+    /// What a recording says about it (files' sha256, CPU features).
+    pub identity: crate::recorder::ModelIdentity,
 }
 
 /// The assembled runtime. See the module documentation.
@@ -164,7 +178,11 @@ pub struct Runtime {
     taken: Option<Taken>,
     model: ModelInfo,
     segment: Option<String>,
+    recorder: Option<Recorder>,
 }
+
+/// How long [`Runtime::stop`] lets the recorder finish the recording in hand.
+const RECORDER_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,14 +199,28 @@ impl Runtime {
         build::build(config, options)
     }
 
-    /// Starts the capture and inference threads.
+    /// Starts the recorder (when configured), then the capture and inference threads.
     pub fn start(&mut self) -> Result<(), BuildError> {
-        self.pipeline.start().map_err(|e| match e {
+        if let Some(r) = self.recorder.as_mut() {
+            r.start().map_err(|e| match e {
+                RecorderError::Spawn { .. } => {
+                    BuildError::runtime(format!("cannot start the recorder: {e}"))
+                }
+                e => BuildError::config(format!("cannot start the recorder: {e}")),
+            })?;
+        }
+        let started = self.pipeline.start().map_err(|e| match e {
             PipelineError::Realtime(_) => {
                 BuildError::config(format!("cannot start the pipeline: {e}"))
             }
             e => BuildError::runtime(format!("cannot start the pipeline: {e}")),
-        })
+        });
+        if started.is_err() {
+            if let Some(r) = self.recorder.as_mut() {
+                r.stop(RECORDER_STOP_TIMEOUT);
+            }
+        }
+        started
     }
 
     /// Waits until the pipeline stops by itself (frame limit, every replay ended) or `timeout` passes;
@@ -202,12 +234,21 @@ impl Runtime {
         self.pipeline.is_running()
     }
 
-    /// Stops the threads and the prompt watcher; every sink's `stop` runs. Idempotent.
+    /// Stops the threads and the prompt watcher; every sink's `stop` runs; the recorder writes the
+    /// recording in hand (a flight recording whose window was filling, or the end of a capture). Idempotent.
     pub fn stop(&mut self) {
         self.pipeline.stop();
         if let Some(w) = self.prompts.watcher.as_mut() {
             w.stop();
         }
+        if let Some(r) = self.recorder.as_mut() {
+            r.stop(RECORDER_STOP_TIMEOUT);
+        }
+    }
+
+    /// The flight recorder or capture, when the configuration has one.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.recorder.as_ref()
     }
 
     /// The run's statistics (live while running).

@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::{FrameResult, Sink, SinkError};
 use crate::shm::layout;
 use crate::shm::{
-    CameraCounters, CreateError, Heartbeat, PublishError, SampleMeta, SampleRef, ShmWriter,
-    WriterConfig,
+    CameraCounters, CreateError, Heartbeat, PublishError, RecorderCounts, SampleMeta, SampleRef,
+    ShmWriter, WriterConfig,
 };
 use crate::stats::{Stage, Stats, STAGE_COUNT};
 
@@ -131,6 +131,14 @@ fn heartbeat_loop(
         }
         if let Some(bytes) = memory_high_water() {
             hb.set_memory_high_water(bytes);
+        }
+        if let Some(stats) = &stats {
+            let r = &stats.recorder;
+            hb.set_recordings(&RecorderCounts {
+                made: r.made.load(Relaxed),
+                dropped: r.dropped.load(Relaxed),
+                errors: r.errors.load(Relaxed),
+            });
         }
         match stop.recv_timeout(period) {
             Err(RecvTimeoutError::Timeout) => {}

@@ -15,7 +15,7 @@ mod settings;
 pub mod synthetic;
 pub mod v4l2;
 
-pub use replay::{write_raw_file, RawFrameWriter, ReplayProbe, ReplaySource};
+pub use replay::{write_raw_file, RawFrameReader, RawFrameWriter, ReplayProbe, ReplaySource};
 pub use settings::{CameraSettings, SourceKind, SourceSettings, StallTimeout};
 pub use synthetic::SyntheticSource;
 pub use v4l2::{SequenceGaps, V4l2Source};

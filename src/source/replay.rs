@@ -533,73 +533,115 @@ impl ReplaySource {
 
     fn load_raw(&mut self) -> Result<(), SourceError> {
         let path = self.path.clone();
-        let mut r = BufReader::new(open(&path)?);
-        let header = read_raw_header(&path, &mut r)?;
-        if header.format != self.format
-            || (header.width, header.height) != (self.width, self.height)
-        {
+        let mut reader = RawFrameReader::open(&path)?;
+        if reader.format() != self.format || reader.size() != (self.width, self.height) {
+            let (w, h) = reader.size();
+            let f = reader.format();
             return Err(self.unsupported(format!(
-                "{} holds {} {}x{} frames: set pixel-format = \"{}\", width = {}, height = {}",
+                "{} holds {f} {w}x{h} frames: set pixel-format = \"{f}\", width = {w}, height = {h}",
                 path.display(),
-                header.format,
-                header.width,
-                header.height,
-                header.format,
-                header.width,
-                header.height
             )));
         }
-        let exact = header.format.frame_bytes(header.width, header.height);
-        let mut frame = vec![0u8; header.max_bytes as usize];
-        let mut index = 0usize;
-        loop {
-            let mut rec = [0u8; 8];
-            match read_full(&mut r, &mut rec) {
-                Ok(0) => break,
-                Ok(8) => {}
-                Ok(_) => {
-                    return Err(bad(
-                        &path,
-                        format!("frame {index}: record header cut short (truncated file?)"),
-                    ))
-                }
-                Err(e) => return Err(bad(&path, format!("frame {index}: read failed: {e}"))),
-            }
-            let len = u32_at(&rec, 0) as usize;
-            let label = u16::from_le_bytes([rec[4], rec[5]]);
-            let ok = match exact {
-                Some(n) => len == n,
-                None => len > 0 && len <= frame.len(),
-            };
-            if !ok {
-                return Err(bad(
-                    &path,
-                    format!(
-                        "frame {index}: {len} bytes does not fit a {} {}x{} frame",
-                        header.format, header.width, header.height
-                    ),
-                ));
-            }
-            r.read_exact(&mut frame[..len]).map_err(|e| {
-                bad(
-                    &path,
-                    format!("frame {index}: data cut short ({e}); the file is truncated"),
-                )
-            })?;
-            let label = (label != NO_LABEL).then_some(label);
-            let data = &frame[..len];
-            self.frames.push(Span {
-                offset: self.data.len(),
-                len,
-                label,
-            });
-            self.data.extend_from_slice(data);
-            index += 1;
+        let mut frame = vec![0u8; reader.max_bytes()];
+        while let Some((len, label)) = reader.next_frame(&mut frame)? {
+            self.push(&frame[..len], label);
         }
         if self.frames.is_empty() {
             return Err(bad(&path, "raw frame file holds no frames"));
         }
         Ok(())
+    }
+}
+
+/// Reads a raw frame file (see the module documentation) frame by frame, checking every record: what the
+/// replay source loads, and what a recording's reader (`recorder::format`) counts.
+pub struct RawFrameReader<R: Read> {
+    r: R,
+    path: PathBuf,
+    header: RawHeader,
+    index: usize,
+}
+
+impl RawFrameReader<BufReader<File>> {
+    /// Opens `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self, SourceError> {
+        RawFrameReader::new(path, BufReader::new(open(path)?))
+    }
+}
+
+impl<R: Read> RawFrameReader<R> {
+    /// Reads the header from `r`; `path` names the file in errors.
+    pub fn new(path: &Path, mut r: R) -> Result<Self, SourceError> {
+        let header = read_raw_header(path, &mut r)?;
+        Ok(RawFrameReader {
+            r,
+            path: path.to_owned(),
+            header,
+            index: 0,
+        })
+    }
+
+    pub fn format(&self) -> PixelFormat {
+        self.header.format
+    }
+
+    /// (width, height) of the frames.
+    pub fn size(&self) -> (u32, u32) {
+        (self.header.width, self.header.height)
+    }
+
+    /// Bytes of the largest frame the file may hold: a buffer of this size takes any of its frames.
+    pub fn max_bytes(&self) -> usize {
+        self.header.max_bytes as usize
+    }
+
+    /// Frames read so far.
+    pub fn frames_read(&self) -> usize {
+        self.index
+    }
+
+    /// Reads the next frame into the start of `buf` (at least [`RawFrameReader::max_bytes`] long) and returns
+    /// its length and label; `None` at the end of the file. A record cut short is an error naming the frame.
+    pub fn next_frame(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, Option<u16>)>, SourceError> {
+        let (path, index, h) = (&self.path, self.index, &self.header);
+        let mut rec = [0u8; 8];
+        match read_full(&mut self.r, &mut rec) {
+            Ok(0) => return Ok(None),
+            Ok(8) => {}
+            Ok(_) => {
+                return Err(bad(
+                    path,
+                    format!("frame {index}: record header cut short (truncated file?)"),
+                ))
+            }
+            Err(e) => return Err(bad(path, format!("frame {index}: read failed: {e}"))),
+        }
+        let len = u32_at(&rec, 0) as usize;
+        let label = u16::from_le_bytes([rec[4], rec[5]]);
+        let ok = match h.format.frame_bytes(h.width, h.height) {
+            Some(n) => len == n,
+            None => len > 0 && len <= h.max_bytes as usize,
+        };
+        if !ok || len > buf.len() {
+            return Err(bad(
+                path,
+                format!(
+                    "frame {index}: {len} bytes does not fit a {} {}x{} frame",
+                    h.format, h.width, h.height
+                ),
+            ));
+        }
+        self.r.read_exact(&mut buf[..len]).map_err(|e| {
+            bad(
+                path,
+                format!("frame {index}: data cut short ({e}); the file is truncated"),
+            )
+        })?;
+        self.index += 1;
+        Ok(Some((len, (label != NO_LABEL).then_some(label))))
     }
 }
 

@@ -19,7 +19,7 @@ mod summary;
 pub use histogram::{HistogramSnapshot, LatencyHistogram, BUCKETS};
 pub use stage::{Stage, STAGE_COUNT};
 pub use status::StatusLine;
-pub use summary::{CameraSummary, StageSummary, Summary};
+pub use summary::{CameraSummary, RecorderSummary, StageSummary, Summary};
 
 use summary::{ms, ratio};
 
@@ -74,6 +74,26 @@ pub struct CameraCounters {
     pub stalled: AtomicBool,
 }
 
+/// Counters of the flight recorder and of a capture (`recorder`), written by the inference thread (triggers)
+/// and the recorder's writer thread (recordings), read by anyone.
+#[derive(Default)]
+pub struct RecorderCounters {
+    /// Triggers that started a recording.
+    pub triggers: AtomicU64,
+    /// Recordings written.
+    pub made: AtomicU64,
+    /// Triggers that came while the writer was still writing the previous recording: not recorded.
+    pub dropped: AtomicU64,
+    /// Recordings that could not be written (disk full, directory not writable, over the quota).
+    pub errors: AtomicU64,
+    /// Old recordings removed to stay within the disk quota.
+    pub removed: AtomicU64,
+    /// Processed frames a capture could not keep (its writer was behind).
+    pub frames_not_recorded: AtomicU64,
+    /// Bytes of recordings written.
+    pub bytes: AtomicU64,
+}
+
 /// Counters and one histogram per stage for one camera.
 pub struct CameraStats {
     pub counters: CameraCounters,
@@ -115,6 +135,8 @@ impl CameraStats {
 pub struct Stats {
     cameras: Box<[CameraStats]>,
     started: Instant,
+    /// The recorder's counters (all zero without a recorder).
+    pub recorder: RecorderCounters,
 }
 
 impl Stats {
@@ -123,6 +145,7 @@ impl Stats {
         Stats {
             cameras: (0..cameras).map(|_| CameraStats::new()).collect(),
             started: Instant::now(),
+            recorder: RecorderCounters::default(),
         }
     }
 
@@ -264,6 +287,7 @@ impl Stats {
             accuracy: ratio(correct, labelled),
             stages,
             cameras,
+            recorder: RecorderSummary::of(&self.recorder),
         }
     }
 }

@@ -128,6 +128,15 @@ impl StatusLine {
                 " stalls {stalls} reconn {reconnects} drv-drop {gaps}"
             );
         }
+        let r = &stats.recorder;
+        let (made, dropped, failed) = (
+            r.made.load(Relaxed),
+            r.dropped.load(Relaxed),
+            r.errors.load(Relaxed),
+        );
+        if made + dropped + failed > 0 {
+            let _ = write!(self.line, " | rec {made} drop {dropped} err {failed}");
+        }
         let labelled = stats.total(|c| &c.labelled);
         if labelled > 0 {
             let correct = stats.total(|c| &c.correct);

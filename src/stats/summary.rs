@@ -69,6 +69,38 @@ pub struct CameraSummary {
     pub accuracy: Option<f64>,
 }
 
+/// The recorder's counters over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecorderSummary {
+    pub triggers: u64,
+    pub made: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub removed: u64,
+    pub frames_not_recorded: u64,
+    pub bytes: u64,
+}
+
+impl RecorderSummary {
+    pub(super) fn of(c: &super::RecorderCounters) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        RecorderSummary {
+            triggers: c.triggers.load(Relaxed),
+            made: c.made.load(Relaxed),
+            dropped: c.dropped.load(Relaxed),
+            errors: c.errors.load(Relaxed),
+            removed: c.removed.load(Relaxed),
+            frames_not_recorded: c.frames_not_recorded.load(Relaxed),
+            bytes: c.bytes.load(Relaxed),
+        }
+    }
+
+    /// Whether anything was recorded or tried.
+    pub fn is_active(&self) -> bool {
+        self.triggers + self.made + self.dropped + self.errors + self.frames_not_recorded > 0
+    }
+}
+
 /// What a run did: totals, per-stage latency, per-camera counters. `Display` prints the exit table;
 /// `serde::Serialize` gives the machine-readable form (`ocellus run --summary-json`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -95,6 +127,8 @@ pub struct Summary {
     pub accuracy: Option<f64>,
     pub stages: Vec<StageSummary>,
     pub cameras: Vec<CameraSummary>,
+    /// Recordings made, dropped and failed (`[recorder]`, `ocellus record`).
+    pub recorder: RecorderSummary,
 }
 
 impl std::fmt::Display for Summary {
@@ -125,6 +159,23 @@ impl std::fmt::Display for Summary {
                 self.correct,
                 self.labelled,
                 acc * 100.0
+            )?;
+        }
+        let r = &self.recorder;
+        if r.is_active() {
+            writeln!(
+                f,
+                "recordings: {} made ({:.1} MiB), {} dropped (writer busy), {} failed, {} old ones removed{}",
+                r.made,
+                r.bytes as f64 / (1u64 << 20) as f64,
+                r.dropped,
+                r.errors,
+                r.removed,
+                if r.frames_not_recorded > 0 {
+                    format!(", {} frames not recorded (writer behind)", r.frames_not_recorded)
+                } else {
+                    String::new()
+                }
             )?;
         }
         if self.unjudged > 0 {

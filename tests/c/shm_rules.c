@@ -1,7 +1,7 @@
 /* The rules of docs/shm-layout.md as the C header applies them, for crates/ocellus-shm/tests/stress.rs:
  * prints the header's verdict on the segment-name rule for a fixed list of names, then the return code of
  * ocellus_shm_open for each name given on the command line and, for a segment that opens, its prompt table,
- * camera 0's counters and the memory high-water mark. */
+ * camera 0's counters, the memory high-water mark and the recorder's counters. */
 #include "ocellus/shm.h"
 
 #include <stdio.h>
@@ -31,6 +31,12 @@ int main(int argc, char **argv) {
                        (unsigned long long)c.flags, (unsigned long long)c.last_overrun_ns,
                        (unsigned long long)c.last_late_stages);
             printf("hwm %llu\n", (unsigned long long)ocellus_shm_memory_high_water(&shm));
+            {
+                uint64_t made, dropped, errors;
+                ocellus_shm_recordings(&shm, &made, &dropped, &errors);
+                printf("recordings %llu %llu %llu\n", (unsigned long long)made, (unsigned long long)dropped,
+                       (unsigned long long)errors);
+            }
             ocellus_shm_close(&shm);
         }
     }

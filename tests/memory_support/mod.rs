@@ -48,10 +48,17 @@ pub fn config_with_threads(
 /// The runtime of `config` as `ocellus run` builds it, publishing into `/<shm>`, with its memory taken (the
 /// frame-path region reserved, memory locked as the config says). Nothing runs yet.
 pub fn build(config: &Config, shm: &str) -> Runtime {
+    build_with(config, shm, true)
+}
+
+/// [`build`], taking the memory (reserving the region, locking) only if `take`: a process reserves its
+/// region once.
+pub fn build_with(config: &Config, shm: &str, take: bool) -> Runtime {
     Runtime::build(
         config,
         RuntimeOptions {
             shm: ShmTarget::Named(shm.to_owned()),
+            take_memory: take,
             ..RuntimeOptions::default()
         },
     )

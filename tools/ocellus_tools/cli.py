@@ -180,32 +180,56 @@ def cmd_import(args) -> int:
     return 0
 
 
-def _calibration(args, pre) -> tuple[list, list]:
-    """(calibration pixel_values, held-out pixel_values to check the int8 result on; empty for --images)."""
+DEMO_SOURCES = ("train-demo", "builtin:demo")
+
+
+def _calibration(args, pre, source: str) -> tuple[list, list, dict]:
+    """(calibration pixel_values, held-out pixel_values to check the int8 result on (empty for --images), what
+    quantize.json records about them)."""
     from tqdm import tqdm
 
     from .images import calibration_frames
     from .prepare import list_images, load_images, prepare_image
 
     held_out = []
-    if args.images is not None:
+    record = {}
+    if getattr(args, "recording", None) is not None:
+        from .recording import open_recording
+
+        rec = open_recording(args.recording)
+        images = [cam.rgb(i) for cam in rec.cameras for i in range(len(cam))]
+        if not images:
+            raise ToolError(f"recording {args.recording} holds no frames: record longer (ocellus record --duration S)")
+        what = f"{len(images)} recorded frames from {args.recording}"
+        record["source"] = f"recording:{Path(args.recording).resolve()}"
+    elif args.images is not None:
         files = list_images(args.images)
         images = load_images(files)
         if not images:
             raise ToolError(f"calibration folder {args.images} holds no readable image: add PNG or JPEG files")
-        source = f"{len(images)} images from {args.images}"
+        what = f"{len(images)} images from {args.images}"
+        record["source"] = f"images:{Path(args.images).resolve()}"
     else:
         if args.scenes <= 0:
             raise ToolError(f"--scenes must be positive, got {args.scenes}")
         images = calibration_frames(args.scenes, pre.width, pre.height, args.seed)
         held_out = calibration_frames(32, pre.width, pre.height, args.seed + 1_000_003)
-        source = f"{len(images)} generated scenes (seed {args.seed})"
-    print(f"calibrating on {source}")
+        what = f"{len(images)} generated scenes (seed {args.seed})"
+        record["source"] = f"scenes:{len(images)}"
+        record["seed"] = args.seed
+        if source not in DEMO_SOURCES:
+            record["warning"] = (f"calibrated on generated demo scenes (coloured shapes on plain backgrounds), but "
+                                 f"the model is {source}, not the demo: activation ranges from these scenes may "
+                                 "not cover real camera frames, and int8 may lose more accuracy on them than the "
+                                 "figures here say; pass --images DIR with 100 or more of your own frames")
+            print(f"warning: {record['warning']}", file=sys.stderr)
+    record["samples"] = len(images)
+    print(f"calibrating on {what}")
     if len(images) < 16:
         print(f"warning: only {len(images)} calibration images; activation ranges from so few may clip on other "
               "inputs (use 32 or more)", file=sys.stderr)
-    return ([prepare_image(im, pre) for im in tqdm(images, desc="preparing", unit="image")],
-            [prepare_image(im, pre) for im in held_out])
+    return ([prepare_image(im, pre) for im in tqdm(images, desc="preparing", unit="image", leave=False)],
+            [prepare_image(im, pre) for im in held_out], record)
 
 
 def cmd_quantize(args) -> int:
@@ -217,15 +241,37 @@ def cmd_quantize(args) -> int:
     rec = read_source(args.bundle)
     p = rec["preprocess"]
     pre = Preprocess(**{**p, "mean": tuple(p["mean"]), "std": tuple(p["std"])})
-    pixel_values, held_out = _calibration(args, pre)
-    report = quantize_bundle(args.bundle, pixel_values, text_corpus(), args.target_cosine, held_out)
-    for role, r in report.items():
-        print(f"{role}.int8.onnx: {r['quantized_nodes']}/{r['candidates']} MatMul/Conv nodes quantized, "
-              f"cosine to fp32 on {r['check']} {r['check_cosine']:.6f}, {r['samples']} calibration "
-              f"samples, {r['size']} bytes")
-        for n in r["float_nodes"]:
-            print(f"  left in float (most sensitive): {n}")
+    pixel_values, held_out, record = _calibration(args, pre, rec.get("source", "?"))
+    doc = quantize_bundle(args.bundle, pixel_values, text_corpus(), args.target_cosine, held_out,
+                          keep_slower=args.keep_slower, calibration=record)
+    print(quantize_table(doc))
     return 0
+
+
+def quantize_table(doc: dict) -> str:
+    """The final table of `quantize`: one row per int8 file, written or skipped."""
+    rows = [("file", "engine", "quant", "fp32 ms", "int8 ms", "speedup", "float", "cosine per output")]
+    entries = [(e, "kept slower: --keep-slower" if e.get("forced") else "written") for e in doc["files"]]
+    entries += [(e, "skipped") for e in doc["skipped"]]
+    order = {"vision": 0, "resampler": 1, "text": 2}
+    entries.sort(key=lambda x: (order.get(x[0]["role"], 9), x[0]["path"]))
+    notes = []
+    for e, state in entries:
+        sp = e.get("speed_ms") or {}
+        cos = ", ".join(f"{k} {v:.5f}" for k, v in (e.get("cosine") or {}).items()) or "-"
+        floats = f"{e['candidates'] - e['quantized_nodes']}/{e['candidates']}" if "quantized_nodes" in e else "-"
+        rows.append((e["path"] + ("" if state == "written" else f" [{state}]"), e["engines"][0], e["quant"],
+                     f"{sp['fp32']:.3g}" if sp else "-", f"{sp['int8']:.3g}" if sp else "-",
+                     f"{sp['speedup']:.2f}x" if sp else "-", floats, cos))
+        if state != "written" or e.get("forced"):
+            notes.append(f"  {e['path']}: {e.get('reason') or e.get('forced_reason')}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i in (0, 1, 2, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             .rstrip() for r in rows]
+    cpu = doc["cpu"]
+    head = (f"int8 against fp32 on this CPU ({cpu['model']}; {cpu['isa']}), 1 thread, median of warm runs; cosine "
+            f"target {doc['target_cosine']}; float = MatMul/Conv nodes left in float of those with constant weights")
+    return "\n".join([head, *lines, *notes])
 
 
 def cmd_validate(args) -> int:
@@ -413,12 +459,17 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     cal = q.add_mutually_exclusive_group()
     cal.add_argument("--images", type=Path, metavar="DIR", help="calibration images (png, jpg, ...)")
+    cal.add_argument("--recording", type=Path, metavar="DIR",
+                     help="calibrate on a recording's frames (`ocellus record --duration S --out DIR`, docs/recorder.md)")
     cal.add_argument("--scenes", type=int, default=64, metavar="N", help="generated scenes to calibrate on (default 64)")
     q.add_argument("--seed", type=int, default=7, help="seed of the generated calibration scenes")
     q.add_argument("--target-cosine", type=float, default=0.9995,
-                   help="leave the most sensitive nodes in float until int8 reaches this cosine to fp32 on 32 "
-                        "held-out scenes (with --images: on the calibration images) (default 0.9995; 0 quantizes "
-                        "every candidate)")
+                   help="smallest cosine to fp32 an int8 file may have on any output (measured in the engine the "
+                        "file is for, on 32 held-out scenes, or a subset of the --images or --recording's frames); nodes are left in float "
+                        "until it is met (default 0.9995; 0 quantizes every candidate)")
+    q.add_argument("--keep-slower", "--force", dest="keep_slower", action="store_true",
+                   help="write int8 files even where they run slower than fp32 on this CPU (for bundles deployed "
+                        "to another CPU, e.g. arm64 with dotprod); quantize.json marks them \"forced\"")
     q.set_defaults(func=cmd_quantize)
 
     v = sub.add_parser("validate", help="parity checks; writes reference/ and parity.json")

@@ -6,8 +6,9 @@ onnxruntime can run it in, and the fastest counts:
 
 * ``fp32``: the bundle's fp32 file;
 * ``int8``: the bundle's int8 file (QOperator, the format tract runs correctly);
-* ``int8-ort``: the bundle's int8 file for onnxruntime (``engines = ["onnxruntime"]``, QDQ or dynamic), when it
-  has one: the file the runtime's onnxruntime engine runs;
+* ``int8-ort``: the bundle's int8 file for onnxruntime (QDQ or dynamic, whichever `ocellus-tools quantize` measured
+  faster in onnxruntime), when the bundle has one (listed in the manifest, or in quantize.json): the file the
+  runtime's onnxruntime engine runs;
 * ``int8-dynamic``: onnxruntime's own ``quantize_dynamic`` of the fp32 file, made on the fly (cheap: no
   calibration);
 * ``int8-qdq``: onnxruntime's ``quantize_static`` (QDQ, per-channel weights) of the fp32 file, calibrated on a few
@@ -18,6 +19,10 @@ already the model's size, so preparation is rescale and normalise only), and for
 ``patch_tokens`` for it. Timing: ``warmup`` runs, then ``runs`` runs each timed on its own with
 ``time.perf_counter_ns``; the median is the figure (the same protocol as the runtime's side). No torch import:
 the command starts in well under a second.
+
+The on-the-fly quantizations read the fp32 file through a symlink in a private temporary directory: onnxruntime's
+quantizer writes ``<input>-inferred.onnx`` beside its input, and beside the bundle's own file it would collide with
+`ocellus-tools quantize` (or another ort-bench) working on the same bundle.
 """
 
 from __future__ import annotations
@@ -53,20 +58,34 @@ def _manifest(bundle: Path) -> dict:
 
 
 def _file(manifest: dict, bundle: Path, role: str, variant: str) -> Path | None:
-    for entry in manifest.get("files", []):
-        if entry.get("role") == role and entry.get("variant") == variant:
-            return bundle / entry["path"]
-    return None
+    """The bundle's `role` file of `variant`: "fp32", "int8" (the QOperator file, `<role>.int8.onnx`) or "int8-ort"
+    (onnxruntime's int8 form). A manifest of format 2 can list two int8 files per role, told apart by `engines`."""
+    entries = [e for e in manifest.get("files", []) if e.get("role") == role]
+    if variant == "fp32":
+        found = [e for e in entries if e.get("variant") == "fp32"]
+    elif variant == "int8":
+        found = [e for e in entries if e.get("variant") == "int8" and e.get("quant", "qoperator") == "qoperator"
+                 and not str(e.get("path", "")).endswith(".int8-ort.onnx")]
+    else:
+        found = [e for e in entries if e.get("variant") == "int8"
+                 and (e.get("quant") in ("qdq", "dynamic") or str(e.get("path", "")).endswith(".int8-ort.onnx"))]
+        if not found:  # a format-1 manifest does not list it: quantize.json does
+            found = [e for e in _quantize_json(bundle).get("files", []) if e.get("role") == role
+                     and e.get("quant") in ("qdq", "dynamic") and (bundle / str(e.get("path"))).is_file()]
+    return bundle / found[0]["path"] if found else None
 
 
-def _file_for_ort(manifest: dict, bundle: Path, role: str, variant: str) -> Path | None:
-    """The file the runtime's onnxruntime engine selects: the first entry whose `engines` names onnxruntime
-    or names none (docs/manifest.md)."""
-    for entry in manifest.get("files", []):
-        engines = entry.get("engines")
-        if entry.get("role") == role and entry.get("variant") == variant and (
-                engines is None or "onnxruntime" in engines):
-            return bundle / entry["path"]
+def _quantize_json(bundle: Path) -> dict:
+    try:
+        return json.loads((bundle / "quantize.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _quant(bundle: Path, path: Path) -> str | None:
+    for e in _quantize_json(bundle).get("files", []):
+        if e.get("path") == path.name:
+            return e.get("quant")
     return None
 
 
@@ -133,7 +152,16 @@ class _Reader:
 
 
 def _quantized(kind: str, src: Path, dst: Path, calibration: list[dict]) -> None:
+    """`dst` (in a private directory) = onnxruntime's `kind` int8 form of `src`, read through a symlink beside
+    `dst`, so nothing is written next to `src`."""
+    import os
+
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    link = dst.parent / f"{dst.stem}.input" / src.name
+    link.parent.mkdir()
+    os.symlink(src.resolve(), link)
+    src = link
 
     # The quantizers log advice ("consider pre-processing") and per-channel notes on 1-D LayerNorm weights to the
     # root logger; none of it concerns a timing run.
@@ -155,8 +183,10 @@ def ort_bench(bundle: Path, threads: int = 1, runs: int = 50, warmup: int = 5, o
     """Times the bundle's encoder and resampler in onnxruntime; returns the report `ocellus bench` reads.
 
     The report: ``{"engine", "onnxruntime_version", "threads", "runs", "warmup", "input", "models": {"encoder":
-    {"file": ..., "variants": {name: {"file", "median_ms", ...} | {"file", "error"}}, "best": name,
-    "best_ms": ms}, "resampler": {...}}, "total_best_ms": encoder + resampler}``.
+    {"file": ..., "variants": {name: {"file", "quant", "median_ms", ...} | {"file", "error"}}, "best": name,
+    "best_ms": ms}, "resampler": {...}}, "total_best_ms": encoder + resampler}``. Variant names: "fp32",
+    "int8" (the bundle's QOperator file), "int8-ort" (the bundle's onnxruntime int8 file, when it has one),
+    "int8-dynamic" and "int8-qdq" (made on the fly); "quant" is the int8 form (absent for fp32).
     """
     try:
         import onnxruntime as ort
@@ -185,18 +215,16 @@ def ort_bench(bundle: Path, threads: int = 1, runs: int = 50, warmup: int = 5, o
     with tempfile.TemporaryDirectory(prefix="ocellus-ortbench-") as tmp:
         for role, name in MODELS.items():
             variants: dict[str, dict] = {}
-            files = {variant: _file(manifest, bundle, role, variant) for variant in ("fp32", "int8")}
-            ort_int8 = _file_for_ort(manifest, bundle, role, "int8")
-            if ort_int8 is not None and ort_int8 != files["int8"]:
-                files["int8-ort"] = ort_int8
-            for variant, path in files.items():
+            for variant in ("fp32", "int8", "int8-ort"):
+                path = _file(manifest, bundle, role, variant)
                 if path is None:
                     continue
+                quant = {"fp32": None, "int8": "qoperator"}.get(variant) or _quant(bundle, path)
+                info = {"file": path.name, **({"quant": quant} if quant else {})}
                 try:
-                    variants[variant] = {"file": path.name,
-                                         **_time(_session(ort, path, threads), feeds[role][0], warmup, runs)}
+                    variants[variant] = {**info, **_time(_session(ort, path, threads), feeds[role][0], warmup, runs)}
                 except Exception as e:  # a file onnxruntime cannot run is reported, not fatal
-                    variants[variant] = {"file": path.name, "error": f"{type(e).__name__}: {e}"}
+                    variants[variant] = {**info, "error": f"{type(e).__name__}: {e}"}
             src = _file(manifest, bundle, role, "fp32")
             if on_the_fly and src is not None:
                 for kind in ("int8-dynamic", "int8-qdq"):
@@ -206,6 +234,7 @@ def ort_bench(bundle: Path, threads: int = 1, runs: int = 50, warmup: int = 5, o
                         _quantized(kind, src, dst, feeds[role])
                         made_s = time.perf_counter() - t0
                         variants[kind] = {"file": f"{src.name} -> {kind} (made on the fly in {made_s:.2f} s)",
+                                          "quant": kind.removeprefix("int8-"),
                                           **_time(_session(ort, dst, threads), feeds[role][0], warmup, runs)}
                     except Exception as e:
                         variants[kind] = {"file": f"{src.name} -> {kind}", "error": f"{type(e).__name__}: {e}"}

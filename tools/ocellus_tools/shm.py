@@ -482,6 +482,13 @@ class Reader:
         """The writer's memory high-water mark in bytes (VmHWM), from the status block."""
         return int(self._words[self.layout.status_offset // 8])
 
+    def recordings(self) -> dict:
+        """The writer's flight-recorder counters (docs/recorder.md): recordings made, triggers dropped while the
+        previous recording was written, recordings that failed. All 0 without a recorder."""
+        b = self.layout.status_offset // 8
+        w = self._words[b + 1:b + 4].copy()
+        return dict(made=int(w[0]), dropped=int(w[1]), errors=int(w[2]))
+
 
 def format_sample(camera: int, sample: Sample, info: SampleInfo, labels: list[str], top: int = 3) -> str:
     line = (f"cam {camera} seq {sample.sequence} age {info.age_ns / 1e6:.1f} ms hb {info.heartbeat_age_ns / 1e6:.1f} ms "

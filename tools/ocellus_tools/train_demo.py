@@ -412,7 +412,79 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="also score N held-out 640x480 camera-path frames (YUYV, the manifest's preprocessing); "
                              "0: skip (default 200)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recording", type=Path, default=None,
+                        help="instead of generated scenes, score a recording's frames (`ocellus record`, "
+                             "docs/recorder.md) with the fp32 and the int8 files: each one's top-1 against the "
+                             "ground truth and their top-1 agreement (default --out: DIR/evaluation.json)")
     return parser
+
+
+def _ort_sessions(bundle: Path, variant: str, threads: int):
+    """onnxruntime sessions of `bundle`'s vision and text files of `variant`, and its tokenizer."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    paths = {r: bundle / f"{r}.{variant}.onnx" for r in ("vision", "text")}
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: run `ocellus-tools export` and `quantize` on {bundle} first")
+    vis = ort.InferenceSession(str(paths["vision"]), opts, providers=["CPUExecutionProvider"])
+    txt = ort.InferenceSession(str(paths["text"]), opts, providers=["CPUExecutionProvider"])
+    return vis, txt, demo_tokenizer.load(bundle / "tokenizer.json")
+
+
+def _ort_embed_texts(txt, tok, texts: list[str]) -> np.ndarray:
+    names = [i.name for i in txt.get_inputs()]
+    ids, mask = demo_tokenizer.encode_batch(tok, texts)
+    rows = []
+    for i in range(len(texts)):
+        feed = {"input_ids": ids[i:i + 1]}
+        if "attention_mask" in names:
+            feed["attention_mask"] = mask[i:i + 1]
+        rows.append(txt.run(["text_embeds"], feed)[0])
+    return np.concatenate(rows)
+
+
+def evaluate_recording(bundle: Path, path: Path, threads: int = 2) -> dict:
+    """fp32 and int8 on a recording's frames (prepared as the runtime prepares them: decoded to RGB, then the
+    bundle's preprocessing), scored against the recording's prompt labels: each variant's top prompt per frame,
+    its top-1 against the frames' ground truth (synthetic source), and the fraction of frames on which the two
+    variants' top prompts agree (`agreement`, the figure `ocellus replay` gives for the same frames)."""
+    from .bundle import Preprocess
+    from .files import read_source
+    from .prepare import prepare_image
+    from .recording import open_recording
+
+    rec = open_recording(path)
+    p = read_source(bundle)["preprocess"]
+    pre = Preprocess(**{**p, "mean": tuple(p["mean"]), "std": tuple(p["std"])})
+    where, truth, pv = [], [], []
+    for cam in rec.cameras:
+        for i in range(len(cam)):
+            where.append((cam.index, i))
+            truth.append(cam.label(i))
+            pv.append(prepare_image(cam.rgb(i), pre)[0])
+    if not pv:
+        raise ValueError(f"recording {path} holds no frames")
+    labels = list(rec.header["prompts"][0]["labels"]) if rec.header["prompts"] else scenes.prompts()
+    pv = np.stack(pv)
+    preds = {}
+    for variant in ("fp32", "int8"):
+        vis, txt, tok = _ort_sessions(bundle, variant, threads)
+        img = np.concatenate([vis.run(["image_embeds"], {"pixel_values": pv[i:i + 1]})[0] for i in range(len(pv))])
+        preds[variant] = metrics.zero_shot_predict(img, _ort_embed_texts(txt, tok, labels))
+    agree = preds["fp32"] == preds["int8"]
+    report = {"recording": str(path), "frames": len(pv), "labels": labels, "agreement": float(agree.mean()),
+              "changed": [{"camera": c, "frame": i, "fp32": labels[a], "int8": labels[b]}
+                          for (c, i), a, b, same in zip(where, preds["fp32"], preds["int8"], agree) if not same],
+              "predictions": {v: [labels[k] for k in p] for v, p in preds.items()}}
+    judged = [(k, t) for k, t in enumerate(truth) if t is not None and scenes.class_name(t) in labels]
+    for variant in ("fp32", "int8"):
+        hits = [labels[preds[variant][k]] == scenes.class_name(t) for k, t in judged]
+        report[variant] = {"top1": float(np.mean(hits)) if hits else None, "labelled": len(hits)}
+    return report
 
 
 def evaluate_onnx(bundle: Path, variant: str, data, threads: int = 2, camera=None) -> dict:
@@ -460,6 +532,18 @@ def evaluate_onnx(bundle: Path, variant: str, data, threads: int = 2, camera=Non
 
 def main_evaluate(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle)
+    if args.recording is not None:
+        report = evaluate_recording(bundle, Path(args.recording), args.threads)
+        for variant in ("fp32", "int8"):
+            f = report[variant]
+            if f["top1"] is not None:
+                print(f"onnxruntime {variant}: top-1 {f['top1']:.4f} on {f['labelled']} labelled recorded frames")
+        print(f"fp32/int8 top-1 agreement on {report['frames']} recorded frames: {report['agreement']:.4f} "
+              f"({len(report['changed'])} changed)")
+        out = args.out or Path(args.recording) / "evaluation.json"
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     data = heldout(args.scenes, args.seed)
     camera = camera_heldout(args.camera_scenes, args.seed) if args.camera_scenes else None
     report = {"scenes": args.scenes, "seed": args.seed}

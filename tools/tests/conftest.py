@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 class Built:
-    """Bundles built once per session, keyed by (family, resampler); each records the CLI's outputs."""
+    """Bundles built once per session, keyed by (family, resampler); each records the CLI's outputs (stdout, and
+    stderr under "<step>:stderr"). quantize runs with --keep-slower: these tiny models run no faster in int8 on any
+    CPU, and the tests need their int8 files."""
 
     def __init__(self, root: Path, checkpoints: dict[str, Path]):
         self.root = root
@@ -46,7 +49,7 @@ class Built:
             steps = [
                 ["export", "--hf", str(self.checkpoints[family]), "--out", str(out), "--resampler", resampler,
                  "--latents", "8", "--resampler-depth", "2", "--seed", "5"],
-                ["quantize", str(out), "--scenes", "16"],
+                ["quantize", str(out), "--scenes", "16", "--keep-slower"],
                 ["validate", str(out)],
                 ["manifest", str(out)],
             ]
@@ -54,6 +57,7 @@ class Built:
                 rc, so, se = run_cli(step, capsys)
                 assert rc == 0, f"{step[0]} failed: {se}"
                 logs[step[0]] = so
+                logs[f"{step[0]}:stderr"] = se
             self.cache[key] = (out, logs)
         return self.cache[key]
 
@@ -110,3 +114,14 @@ def capsys_session_free():
         return rc, out.getvalue(), err.getvalue()
 
     return run
+
+
+@pytest.fixture
+def ocellus_bin():
+    """The runtime binary the round-trip tests run (OCELLUS_BIN; `make test-python` sets it). Unset is a
+    failure, not a skip: a skipped round trip would hide that the runtime and the tools no longer agree."""
+    path = os.environ.get("OCELLUS_BIN")
+    if not path:
+        pytest.fail("OCELLUS_BIN is unset: set it to a built `ocellus` binary, e.g. "
+                    "OCELLUS_BIN=$HOME/.cache/ocellus/target/release/ocellus (make test-python does)")
+    return path

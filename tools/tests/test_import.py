@@ -267,8 +267,7 @@ def test_preprocessor_config(tmp_path, vit_onnx, capsys):
 OCELLUS_BIN = os.environ.get("OCELLUS_BIN")
 
 
-@pytest.mark.skipif(not OCELLUS_BIN, reason="OCELLUS_BIN is unset: set it to a built `ocellus` binary (with infer "
-                    "--dump and vision-only bundles) to run the runtime on the imported bundle")
+@pytest.mark.usefixtures("ocellus_bin")
 def test_runtime_on_the_imported_bundle(tmp_path, imported, capsys):
     bundle = shutil.copytree(imported[0], tmp_path / "bundle")
     rng = np.random.default_rng(5)

@@ -30,7 +30,7 @@ def _quantize_both_forms(bundle, capsys):
     by hand the way the spec describes it (the real one comes from the rewritten quantize)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    rc, _, err = run_cli(["quantize", str(bundle), "--scenes", "16"], capsys)
+    rc, _, err = run_cli(["quantize", str(bundle), "--scenes", "16", "--keep-slower"], capsys)
     assert rc == 0, err
     for role in ("vision", "resampler"):
         quantize_dynamic(str(bundle / f"{role}.fp32.onnx"), str(bundle / f"{role}.int8-ort.onnx"),
@@ -115,7 +115,7 @@ def test_manifest_without_parity_but_with_stale_parity(tmp_path, imported, capsy
     bundle = shutil.copytree(imported[0], tmp_path / "b")
     rc, _, err = run_cli(["validate", str(bundle)], capsys)
     assert rc == 0, err
-    rc, _, err = run_cli(["quantize", str(bundle), "--scenes", "16"], capsys)
+    rc, _, err = run_cli(["quantize", str(bundle), "--scenes", "16", "--keep-slower"], capsys)
     assert rc == 0, err
     rc, _, err = run_cli(["manifest", str(bundle)], capsys)  # int8 files the figures do not cover
     _one_line_error(rc, err, "no figures for vision.int8.onnx", "validate")
@@ -123,7 +123,8 @@ def test_manifest_without_parity_but_with_stale_parity(tmp_path, imported, capsy
     rc, _, err = run_cli(["manifest", str(bundle)], capsys)  # no figures at all: the manifest lists what exists
     assert rc == 0, err
     m = tomllib.loads((bundle / "manifest.toml").read_text())
-    assert len(m["files"]) == 4 and all("parity" not in f for f in m["files"])
+    # fp32 and, per role, tract's int8 file and onnxruntime's
+    assert len(m["files"]) == 6 and all("parity" not in f for f in m["files"])
 
 
 def _example_images(root, rng):
@@ -258,13 +259,15 @@ def test_export_without_text(tmp_path, checkpoints, capsys):
                            "4", "--resampler-depth", "1"], capsys)
     assert rc == 0, err
     assert "no text encoder" in so and not (out / "text.fp32.onnx").exists() and not (out / "tokenizer.json").exists()
-    for step in (["quantize", str(out), "--scenes", "16"], ["validate", str(out)], ["manifest", str(out)]):
+    steps = (["quantize", str(out), "--scenes", "16", "--keep-slower"], ["validate", str(out)], ["manifest", str(out)])
+    for step in steps:
         rc, _, err = run_cli(step, capsys)
         assert rc == 0, f"{step[0]}: {err}"
     m = tomllib.loads((out / "manifest.toml").read_text())
     assert "text" not in m and m["scores"]["logit_scale"] > 0  # the checkpoint's scores stay (for prototypes)
-    assert sorted((f["role"], f["variant"]) for f in m["files"]) == [("resampler", "fp32"), ("resampler", "int8"),
-                                                                     ("vision", "fp32"), ("vision", "int8")]
+    assert sorted((f["role"], f["variant"], tuple(f.get("engines", []))) for f in m["files"]) == [
+        ("resampler", "fp32", ()), ("resampler", "int8", ("onnxruntime",)), ("resampler", "int8", ("tract",)),
+        ("vision", "fp32", ()), ("vision", "int8", ("onnxruntime",)), ("vision", "int8", ("tract",))]
     assert m["files"][0]["parity"]["reference"] == "pytorch"
     assert "text" not in tomllib.loads((out / "reference" / "index.toml").read_text())
 

@@ -57,3 +57,19 @@ def test_missing_bundle_is_an_error_naming_the_fix(tmp_path, capsys):
 def test_bad_runs_is_refused(capsys):
     rc, _, err = run_cli(["ort-bench", str(DEMO), "--runs", "0"], capsys)
     assert rc == 2 and "--runs must be positive" in err
+
+
+def test_times_the_bundles_onnxruntime_int8_file(built, capsys):
+    """A bundle quantize made an int8-ort file for is timed in that file too (found through quantize.json while
+    the manifest is format 1), with its form; the fields ocellus bench reads keep their meaning."""
+    bundle, _ = built.get("clip", "perceiver", capsys)
+    quant = {e["path"]: e["quant"] for e in json.loads((bundle / "quantize.json").read_text())["files"]}
+    report = ort_bench(bundle, threads=1, runs=2, warmup=0, on_the_fly=False)
+    for role, name in (("vision", "encoder"), ("resampler", "resampler")):
+        model = report["models"][name]
+        assert set(model["variants"]) == {"fp32", "int8", "int8-ort"}
+        v = model["variants"]["int8-ort"]
+        assert v["file"] == f"{role}.int8-ort.onnx" and v["quant"] == quant[v["file"]] and v["median_ms"] > 0
+        assert model["variants"]["int8"]["quant"] == "qoperator" and "quant" not in model["variants"]["fp32"]
+        timed = {k: x["median_ms"] for k, x in model["variants"].items()}
+        assert model["best"] == min(timed, key=timed.get) and model["best_ms"] == min(timed.values())

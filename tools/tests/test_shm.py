@@ -203,11 +203,13 @@ def test_prompts_and_counters(name):
     c = (lay.status_offset + 64) // 8
     w.words[c] = 10
     w.words[c + 1] = 4
+    w.words[lay.status_offset // 8 + 1: lay.status_offset // 8 + 4] = [5, 6, 7]
     w.flush()
     with shm.Reader(name) as r:
         assert r.prompts() == (3, ["cat", "dog"])
         counters = r.counters(0)
         assert counters["captured"] == 10 and counters["dropped"] == 4
+        assert r.recordings() == {"made": 5, "dropped": 6, "errors": 7}
         assert r.writer()["alive"]
 
 

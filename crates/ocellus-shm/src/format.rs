@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::layout::{self, STAGES, STAGE_NAMES};
 use super::reader::{ReadError, SampleInfo, ShmReader, WriterInfo};
-use super::{describe_flags, CameraCounters, Sample, SampleMeta};
+use super::{describe_flags, CameraCounters, RecorderCounts, Sample, SampleMeta};
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
@@ -59,6 +59,8 @@ pub struct TopSnapshot {
     pub writer: WriterInfo,
     pub cameras: Vec<CameraTop>,
     pub memory_high_water: u64,
+    /// The flight recorder's counters.
+    pub recordings: RecorderCounts,
 }
 
 impl TopSnapshot {
@@ -85,6 +87,7 @@ impl TopSnapshot {
             writer: reader.writer(),
             cameras: out,
             memory_high_water: reader.memory_high_water(),
+            recordings: reader.recordings(),
         })
     }
 }
@@ -94,7 +97,7 @@ impl TopSnapshot {
 pub fn format_top(prev: Option<&TopSnapshot>, cur: &TopSnapshot) -> String {
     let w = &cur.writer;
     let mut s = format!(
-        "ocellus pid {} gen {:016x} model {} ({}) heartbeat {:.0} ms {} mem {:.1} MiB\n",
+        "ocellus pid {} gen {:016x} model {} ({}) heartbeat {:.0} ms {} mem {:.1} MiB recordings {} made {} dropped {} failed\n",
         w.pid,
         w.generation,
         if w.model_id.is_empty() {
@@ -116,6 +119,9 @@ pub fn format_top(prev: Option<&TopSnapshot>, cur: &TopSnapshot) -> String {
             "STALE"
         },
         cur.memory_high_water as f64 / (1024.0 * 1024.0),
+        cur.recordings.made,
+        cur.recordings.dropped,
+        cur.recordings.errors,
     );
     let _ = write!(
         s,

@@ -68,6 +68,11 @@ pub const P_LABELS: u64 = 64;
 // Status block (at `status_offset`): one global line, then one 128-byte record per camera. Each word is a
 // counter or state written on its own (relaxed): whole values, not a consistent set.
 pub const S_MEMORY_HIGH_WATER: u64 = 0;
+/// The flight recorder's recordings written, triggers dropped (the writer was busy) and failed writes.
+/// Zero from a writer without a recorder (and from writers older than these words).
+pub const S_RECORDINGS_MADE: u64 = 8;
+pub const S_RECORDINGS_DROPPED: u64 = 16;
+pub const S_RECORDING_ERRORS: u64 = 24;
 pub const S_CAMERAS: u64 = 64;
 pub const C_CAPTURED: u64 = 0;
 pub const C_DROPPED: u64 = 8;

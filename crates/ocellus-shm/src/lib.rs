@@ -155,6 +155,18 @@ impl Sample {
     }
 }
 
+/// The flight recorder's counters in the status block (docs/recorder.md). Each value is whole; the set is not
+/// a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecorderCounts {
+    /// Recordings written.
+    pub made: u64,
+    /// Triggers that came while the previous recording was still being written (not recorded).
+    pub dropped: u64,
+    /// Recordings that could not be written (disk full, directory not writable, over the quota).
+    pub errors: u64,
+}
+
 /// One camera's counters in the status block. Each value is whole; the set is not a snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CameraCounters {

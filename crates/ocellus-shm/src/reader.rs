@@ -11,7 +11,7 @@ use super::os::{self, Mapping};
 use super::segment::{self, Segment};
 use super::seqlock::{self, RingReadError};
 use super::sync::Ordering::{Acquire, Relaxed};
-use super::{CameraCounters, Prompts, Sample};
+use super::{CameraCounters, Prompts, RecorderCounts, Sample};
 
 /// Reader settings.
 #[derive(Debug, Clone)]
@@ -551,5 +551,15 @@ impl ShmReader {
     pub fn memory_high_water(&self) -> u64 {
         self.seg
             .load(self.seg.layout.status_offset + layout::S_MEMORY_HIGH_WATER)
+    }
+
+    /// The writer's flight-recorder counters (all 0 without a recorder).
+    pub fn recordings(&self) -> RecorderCounts {
+        let base = self.seg.layout.status_offset;
+        RecorderCounts {
+            made: self.seg.load(base + layout::S_RECORDINGS_MADE),
+            dropped: self.seg.load(base + layout::S_RECORDINGS_DROPPED),
+            errors: self.seg.load(base + layout::S_RECORDING_ERRORS),
+        }
     }
 }

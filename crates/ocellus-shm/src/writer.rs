@@ -13,7 +13,7 @@ use super::os::{self, Mapping, Stat};
 use super::segment::{self, Segment};
 use super::seqlock;
 use super::sync::Ordering::{Relaxed, Release};
-use super::{CameraCounters, SampleRef};
+use super::{CameraCounters, RecorderCounts, SampleRef};
 
 /// How to create the segment.
 #[derive(Debug, Clone)]
@@ -189,6 +189,18 @@ impl Heartbeat {
         self.seg
             .word(self.seg.layout.status_offset + layout::S_MEMORY_HIGH_WATER)
             .store(bytes, Relaxed);
+    }
+
+    /// Stores the recorder's counters: recordings written, triggers dropped, failed writes.
+    pub fn set_recordings(&self, c: &RecorderCounts) {
+        let base = self.seg.layout.status_offset;
+        for (off, v) in [
+            (layout::S_RECORDINGS_MADE, c.made),
+            (layout::S_RECORDINGS_DROPPED, c.dropped),
+            (layout::S_RECORDING_ERRORS, c.errors),
+        ] {
+            self.seg.word(base + off).store(v, Relaxed);
+        }
     }
 
     /// How many samples `camera` has published (its ring's publish counter).
@@ -461,6 +473,18 @@ impl ShmWriter {
         self.seg
             .word(self.seg.layout.status_offset + layout::S_MEMORY_HIGH_WATER)
             .store(bytes, Relaxed);
+    }
+
+    /// Stores the recorder's counters: recordings written, triggers dropped, failed writes.
+    pub fn set_recordings(&self, c: &RecorderCounts) {
+        let base = self.seg.layout.status_offset;
+        for (off, v) in [
+            (layout::S_RECORDINGS_MADE, c.made),
+            (layout::S_RECORDINGS_DROPPED, c.dropped),
+            (layout::S_RECORDING_ERRORS, c.errors),
+        ] {
+            self.seg.word(base + off).store(v, Relaxed);
+        }
     }
 
     /// Marks the segment stopped: readers report [`super::ReadError::NotRunning`] instead of stale data.

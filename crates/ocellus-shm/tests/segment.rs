@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use ocellus_shm::{
     layout, validate_bytes, CameraCounters, CreateError, Dims, HeaderError, LatentsDtype,
-    ReadError, ReaderOptions, Sample, SampleMeta, SampleRef, ShmReader, ShmWriter, WriterConfig,
+    ReadError, ReaderOptions, RecorderCounts, Sample, SampleMeta, SampleRef, ShmReader, ShmWriter,
+    WriterConfig,
 };
 
 fn dims(dtype: LatentsDtype) -> Dims {
@@ -186,6 +187,17 @@ fn prompts_counters_and_mode() {
     };
     w.set_counters(1, &counters);
     w.set_memory_high_water(123 << 20);
+    assert_eq!(
+        ShmReader::open(&name.0).expect("open").recordings(),
+        RecorderCounts::default(),
+        "no recorder: zeros"
+    );
+    let recordings = RecorderCounts {
+        made: 3,
+        dropped: 2,
+        errors: 1,
+    };
+    w.set_recordings(&recordings);
     let r = ShmReader::open(&name.0).expect("open");
     let p = r.prompts().expect("prompts");
     assert_eq!(p.version, 7);
@@ -194,6 +206,7 @@ fn prompts_counters_and_mode() {
     assert_eq!(r.counters(1).expect("counters"), counters);
     assert_eq!(r.counters(0).expect("counters"), CameraCounters::default());
     assert_eq!(r.memory_high_water(), 123 << 20);
+    assert_eq!(r.recordings(), recordings);
 }
 
 /// The test process's own group: fchown to it needs no privilege.

@@ -472,6 +472,11 @@ fn the_c_header_reads_the_prompt_table_and_the_status_block() {
         },
     );
     w.set_memory_high_water(123_456_789);
+    w.set_recordings(&ocellus_shm::RecorderCounts {
+        made: 5,
+        dropped: 6,
+        errors: 7,
+    });
     let out = Command::new(&exe).arg(&name).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     drop(w);
@@ -483,4 +488,5 @@ fn the_c_header_reads_the_prompt_table_and_the_status_block() {
         "{text}"
     );
     assert!(text.contains("hwm 123456789\n"), "{text}");
+    assert!(text.contains("recordings 5 6 7\n"), "{text}");
 }

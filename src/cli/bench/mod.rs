@@ -18,7 +18,7 @@
 mod capture;
 mod engines;
 mod report;
-mod svg;
+pub(crate) mod svg;
 mod window;
 
 use capture::measure_capture;
