@@ -69,7 +69,9 @@ test: lint build test-python test-rust test-ort test-hil test-aarch64 test-packa
 # parity with the bundles' reference outputs, no Rust allocation per frame, the library errors, `ocellus
 # check` with the engine. The feature adds only ort, ort-sys and libloading to the build (tract is shared
 # with the plain build), so this costs a link of the crate and its two test binaries, then the tests.
-ORT_LIB ?= $(VENV)/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0
+# The venv's library (onnxruntime's wheel ships it in onnxruntime/capi/); `make test-ort ORT_LIB=...` for another.
+ORT_LIB ?= $(shell $(PY) -c 'import glob, os, onnxruntime; \
+	print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.*")))[-1])')
 .PHONY: test-ort
 test-ort:
 	ORT_DYLIB_PATH=$(ORT_LIB) cargo test --release --locked --features onnxruntime --test parity_ort \

@@ -39,9 +39,12 @@ pub(crate) use plan::{Executor, Planned, Precision};
 pub use select::{RunVariant, VariantChoice};
 pub use settings::{OnnxruntimeSettings, Provider, ORT_DYLIB_PATH_VAR, ORT_MIN_VERSION};
 pub use tract::TractEngine;
-pub(crate) use verify::{check_file, check_manifest, check_manifest_for, read_verified, read_verified_for};
 pub use verify::{
-    check_consistency, file_sizes, file_sizes_for, verify, verify_for, verify_path, FileSize, LoadError,
+    check_consistency, file_sizes, file_sizes_for, verify, verify_for, verify_path, FileSize,
+    LoadError,
+};
+pub(crate) use verify::{
+    check_file, check_manifest, check_manifest_for, read_verified, read_verified_for,
 };
 
 /// The vision encoder's and resampler's results for one frame; allocated once, overwritten every frame.

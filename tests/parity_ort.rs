@@ -136,11 +136,26 @@ fn check(name: &str, variant: RunVariant) {
     let index: Index = toml::from_str(&text).expect("index.toml");
     let mut engine = load(&dir, variant);
     assert_eq!(engine.info().engine, EngineKind::Onnxruntime);
+    // A bundle with int8 files for onnxruntime (`<role>.int8-ort.onnx`, manifest `engines = ["onnxruntime"]`)
+    // has their reference outputs under `int8-ort`; the engine must have loaded those files, not tract's.
+    let key = match variant {
+        RunVariant::Int8 if index.images[0].outputs.contains_key("int8-ort") => {
+            for file in &engine.info().files {
+                let name = file.file_name().unwrap().to_string_lossy();
+                assert!(
+                    name.ends_with(".int8-ort.onnx"),
+                    "{name}: the onnxruntime engine loaded a file made for tract"
+                );
+            }
+            "int8-ort".to_owned()
+        }
+        _ => variant.to_string(),
+    };
     let mut out = engine.new_output();
     let mut worst = [(1.0f64, 0.0f64); 3];
     for image in &index.images {
         let pixels = npy(&dir, &image.pixel_values);
-        let refs = &image.outputs[&variant.to_string()];
+        let refs = &image.outputs[&key];
         engine
             .run(pixels.as_slice().expect("C order"), &mut out)
             .unwrap_or_else(|e| panic!("{}: {e}", image.id));
@@ -163,7 +178,7 @@ fn check(name: &str, variant: RunVariant) {
         );
     }
     println!(
-        "{name} {variant} onnxruntime (Rust, OrtEngine) vs {}: patch_tokens cos {:.7} max_abs/max {:.1e}; image_embeds cos {:.7} max_abs/max {:.1e}; latents cos {:.7} max_abs/max {:.1e}",
+        "{name} {key} onnxruntime (Rust, OrtEngine) vs {}: patch_tokens cos {:.7} max_abs/max {:.1e}; image_embeds cos {:.7} max_abs/max {:.1e}; latents cos {:.7} max_abs/max {:.1e}",
         index.engine, worst[0].0, worst[0].1, worst[1].0, worst[1].1, worst[2].0, worst[2].1
     );
     for (output, (cos, rel)) in ["patch_tokens", "image_embeds", "latents"]
@@ -194,6 +209,11 @@ fn demo_int8_matches_the_reference() {
 #[test]
 fn hf_clip_qformer_fp32_matches_the_reference() {
     check("hf-clip-qformer", RunVariant::Fp32);
+}
+
+#[test]
+fn hf_clip_qformer_int8_runs_the_files_made_for_onnxruntime() {
+    check("hf-clip-qformer", RunVariant::Int8);
 }
 
 #[test]

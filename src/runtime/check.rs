@@ -122,19 +122,29 @@ pub fn check_with(config: &Config, measure: bool) -> CheckReport {
         config.model.threads,
         config.model.threads_origin.reason()
     ));
-    let variant = selected.settings.variant.file_variant();
     check_recorder(config, &manifest, &mut r);
     if let Err(e) = build::estimate(config, &manifest, &selected, true) {
         r.problems.push(e.message);
         return r;
     }
-    if let Err(e) = infer::verify_for(&manifest, variant, selected.settings.engine) {
-        r.problems.push(e.to_string());
-        return r;
+    // Every file variant this start may run: auto's candidates, else the one chosen.
+    let mut variants = vec![selected.settings.variant.file_variant()];
+    for v in &selected.candidates {
+        if !variants.contains(&v.file_variant()) {
+            variants.push(v.file_variant());
+        }
     }
+    for &variant in &variants {
+        if let Err(e) = infer::verify_for(&manifest, variant, selected.settings.engine) {
+            r.problems.push(e.to_string());
+            return r;
+        }
+    }
+    let names: Vec<String> = variants.iter().map(|v| v.to_string()).collect();
     r.ok.push(format!(
-        "model {} ({variant}) at {}: files, sha256 and shapes verified",
+        "model {} ({}) at {}: files, sha256 and shapes verified",
         manifest.name,
+        names.join(", "),
         config.model.manifest.display()
     ));
     for (i, cam) in config.cameras.iter().enumerate() {
