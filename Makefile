@@ -134,6 +134,14 @@ build-aarch64:
 test-aarch64:
 	CARGO_TARGET_DIR=$(CROSS_DIR) cargo test --locked --release --target $(CROSS_TARGET) --lib --test parity
 
+# f16 parity at ViT-B scale under qemu-user (not in `make test`: minutes of emulation): the scale bundle's fp32
+# files translated to f16 at load, against its onnxruntime fp32 reference (tests/parity.rs).
+F16_BUNDLE ?= $(SCALE_MODELS)/vitb32-perceiver
+.PHONY: test-f16-scale
+test-f16-scale:
+	OCELLUS_F16_BUNDLE=$(F16_BUNDLE) CARGO_TARGET_DIR=$(CROSS_DIR) cargo test --locked --release \
+		--target $(CROSS_TARGET) --test parity scale_bundle_f16_vision -- --ignored --nocapture
+
 package: build build-aarch64
 	bsp/debian/build-deb.sh amd64 $(CARGO_TARGET_DIR)/release/ocellus $(DEB_DIR)
 	bsp/debian/build-deb.sh arm64 $(CROSS_DIR)/$(CROSS_TARGET)/release/ocellus $(DEB_DIR)
@@ -176,6 +184,14 @@ bench-scale: scale-bundles
 		cargo run --locked --release -- bench -c $(BENCH_DIR)/$$b.toml --frames $(SCALE_FRAMES) --python $(PY) \
 			--json $(BENCH_DIR)/$$b.json --plot $(BENCH_DIR)/$$b.svg || exit 1; \
 	done
+
+# The tail with [realtime] on and a CPU hog on the other core, per engine (docs/engines.md; needs root and 2 CPUs;
+# the onnxruntime runs need OCELLUS=<a build with --features onnxruntime> and ORT_DYLIB_PATH).
+OCELLUS ?= $(CARGO_TARGET_DIR)/release/ocellus
+.PHONY: bench-realtime
+bench-realtime:
+	benches/realtime.sh $(OCELLUS) $(BENCH_DIR)/realtime demo=$(CURDIR)/models/demo/manifest.toml:30:600 \
+		vitb32=$(SCALE_MODELS)/vitb32-perceiver/manifest.toml:8:200
 
 # The long soak (docs/soak.md; not in CI): 1,000,000 frames or 2 hours of the demo pipeline with the prompts
 # file rewritten and a C reader attached; samples, plot and figures in $(SOAK_OUT).

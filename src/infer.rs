@@ -43,9 +43,9 @@ pub use verify::{
     check_consistency, file_sizes, file_sizes_for, verify, verify_for, verify_path, FileSize,
     LoadError,
 };
-pub(crate) use verify::{
-    check_file, check_manifest, check_manifest_for, read_verified, read_verified_for,
-};
+pub(crate) use verify::{check_file, check_manifest, read_verified};
+#[cfg(feature = "onnxruntime")]
+pub(crate) use verify::{check_manifest_for, read_verified_for};
 
 /// The vision encoder's and resampler's results for one frame; allocated once, overwritten every frame.
 #[derive(Debug, Clone, PartialEq)]

@@ -89,7 +89,7 @@ mod imp {
     pub fn active() -> bool {
         // SAFETY: dlsym with RTLD_DEFAULT only looks a NUL-terminated name up in the global scope.
         let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr()) };
-        found as usize == malloc as *const () as usize
+        std::ptr::eq(found.cast_const(), malloc as *const c_void)
     }
 
     // SAFETY (all below): each forwards its arguments unchanged to glibc's own implementation, which has the

@@ -204,6 +204,7 @@ fn a_budget_that_only_the_planned_models_exceed_is_refused_after_planning() {
         encoder: PlanMemory::default(),
         resampler: PlanMemory::default(),
         output_bytes: 1024,
+        measured: None,
     };
     let models = ModelMemory {
         engine: &engine,

@@ -6,24 +6,18 @@
 //! assertion on elapsed time. The guard kills every child and removes the segment however the test ends.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ocellus::config::Config;
 
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{ocellus, root};
+
 const WATCHDOG: Duration = Duration::from_secs(120);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ocellus() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ocellus"));
-    c.current_dir(root()).stdin(Stdio::null());
-    c
-}
 
 /// Owns the child processes and the segment: kills and reaps the children and unlinks `/dev/shm/<name>` on
 /// drop, whether the test passed or panicked.
@@ -68,24 +62,9 @@ impl Drop for Guard {
 
 /// Runs `ocellus args...` to completion under the watchdog.
 fn run_once(args: &[&str]) -> Output {
-    let mut child = ocellus()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ocellus");
-    let until = Instant::now() + WATCHDOG;
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("watchdog: `ocellus {}` did not finish", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = ocellus();
+    cmd.args(args);
+    cli::finish(cmd, WATCHDOG)
 }
 
 /// Polls `ready` every 100 ms until it returns `Some`; panics with `what` and `context()` after the watchdog.

@@ -356,6 +356,17 @@ fn hf_clip_qformer_f16_vision() {
     check_f16(&bundle("hf-clip-qformer"));
 }
 
+/// f16 at real scale: the bundle `OCELLUS_F16_BUNDLE` names (e.g. `make scale-bundles`' vitb32-perceiver; not
+/// committed, 1 GB), under qemu-user. Not in `make test` (minutes of emulation): `make test-f16-scale`.
+#[cfg(target_arch = "aarch64")]
+#[test]
+#[ignore = "needs OCELLUS_F16_BUNDLE (a ViT-B scale bundle) and minutes under qemu: make test-f16-scale"]
+fn scale_bundle_f16_vision() {
+    let dir = std::env::var_os("OCELLUS_F16_BUNDLE")
+        .expect("set OCELLUS_F16_BUNDLE to a bundle directory (make test-f16-scale does)");
+    check_f16(Path::new(&dir));
+}
+
 /// Without f16 arithmetic (x86 here) tract would emulate f16 far slower than fp32: the variant is refused,
 /// saying so, rather than run.
 #[cfg(target_arch = "x86_64")]

@@ -14,21 +14,15 @@ use std::time::{Duration, Instant};
 
 use ocellus::recorder::Recording;
 
-const WATCHDOG: Duration = Duration::from_secs(300);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{ocellus, root};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ocellus")
 }
 
-fn ocellus() -> Command {
-    let mut c = Command::new(bin());
-    c.current_dir(root()).stdin(Stdio::null());
-    c
-}
+const WATCHDOG: Duration = Duration::from_secs(300);
 
 /// A synthetic 160x120 YUYV camera at 30 fps, the demo model, and `extra`, written to `dir/ocellus.toml`.
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
@@ -46,24 +40,8 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
 }
 
 /// Runs `cmd` to completion under the watchdog.
-fn finish(mut cmd: Command) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let until = Instant::now() + WATCHDOG;
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("watchdog: {cmd:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn finish(cmd: Command) -> Output {
+    cli::finish(cmd, WATCHDOG)
 }
 
 fn text(b: &[u8]) -> String {

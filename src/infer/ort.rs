@@ -196,7 +196,13 @@ fn session(
     let mut eps = Vec::with_capacity(providers.len());
     for p in providers {
         eps.push(match p {
-            Provider::Cpu => ::ort::ep::CPU::default().build().error_on_failure(),
+            // `ort`'s CPU provider turns onnxruntime's memory arena off unless asked; onnxruntime's own
+            // default (and Python's) is on. Off, every kernel's scratch is a malloc: 2,522 calls a frame and
+            // 1.10x ort-bench's time at ViT-B/32 int8 (docs/engines.md).
+            Provider::Cpu => ::ort::ep::CPU::default()
+                .with_arena_allocator(true)
+                .build()
+                .error_on_failure(),
             Provider::Cuda => ::ort::ep::CUDA::default().build().error_on_failure(),
             Provider::Tensorrt => ::ort::ep::TensorRT::default().build().error_on_failure(),
         });
