@@ -364,6 +364,7 @@ fn hf_clip_qformer_f16_vision() {
 fn scale_bundle_f16_vision() {
     let dir = std::env::var_os("OCELLUS_F16_BUNDLE")
         .expect("set OCELLUS_F16_BUNDLE to a bundle directory (make test-f16-scale does)");
+    bundle("demo"); // sets the instruction set up as the runtime does, before any model loads
     check_f16(Path::new(&dir));
 }
 
