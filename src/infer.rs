@@ -62,6 +62,53 @@ pub struct VisionOutput {
     pub latents_shape: (usize, usize),
 }
 
+impl VisionOutput {
+    /// Zeroed buffers for an engine writing `embed_dim` embedding values, `patch` (N, D) tokens and `latents`
+    /// (L, Dl): what every engine's [`InferenceEngine::new_output`] returns.
+    pub(crate) fn zeroed(
+        embed_dim: usize,
+        patch: (usize, usize),
+        latents: (usize, usize),
+    ) -> VisionOutput {
+        VisionOutput {
+            image_embeds: vec![0.0; embed_dim],
+            patch_tokens: vec![0.0; patch.0 * patch.1],
+            patch_tokens_shape: patch,
+            latents: vec![0.0; latents.0 * latents.1],
+            latents_shape: latents,
+        }
+    }
+
+    /// Whether these buffers have the lengths such an engine writes (an output made by another engine or
+    /// bundle is refused, never resized on the frame path).
+    pub(crate) fn check_fits(
+        &self,
+        embed_dim: usize,
+        patch: (usize, usize),
+        latents: (usize, usize),
+    ) -> Result<(), InferError> {
+        let (n, d) = patch;
+        let (l, dl) = latents;
+        if self.image_embeds.len() != embed_dim
+            || self.patch_tokens.len() != n * d
+            || self.latents.len() != l * dl
+        {
+            return Err(InferError::OutputShape {
+                problem: format!(
+                    "image_embeds {}, patch_tokens {}, latents {} values; this engine writes {}, {}, {}",
+                    self.image_embeds.len(),
+                    self.patch_tokens.len(),
+                    self.latents.len(),
+                    embed_dim,
+                    n * d,
+                    l * dl
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Wall-clock time of each model in one [`InferenceEngine::run`] (monotonic clock).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StageTimes {
@@ -133,7 +180,7 @@ impl EngineMemory {
 pub enum InferError {
     #[error("pixel_values has {actual} values but the vision encoder takes {expected} (3 x H x W of the manifest's [preprocess]): prepare frames with the same manifest")]
     InputLength { expected: usize, actual: usize },
-    #[error("the VisionOutput does not fit this engine ({problem}): allocate it with Engine::new_output")]
+    #[error("the VisionOutput does not fit this engine ({problem}): allocate it with this engine's InferenceEngine::new_output")]
     OutputShape { problem: String },
     #[error("the {role} model failed: {message}")]
     Tract { role: ModelRole, message: String },
@@ -264,4 +311,27 @@ pub(crate) fn l2_normalise(v: &mut [f32]) -> bool {
     let inv = 1.0 / norm;
     v.iter_mut().for_each(|x| *x *= inv);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_fits_the_shapes_it_was_made_for_and_no_other() {
+        let out = VisionOutput::zeroed(64, (65, 96), (8, 32));
+        assert_eq!(out.image_embeds.len(), 64);
+        assert_eq!(out.patch_tokens.len(), 65 * 96);
+        assert_eq!(out.latents.len(), 8 * 32);
+        out.check_fits(64, (65, 96), (8, 32))
+            .expect("its own shapes");
+        let err = out
+            .check_fits(64, (50, 768), (8, 32))
+            .expect_err("another bundle's tokens");
+        let text = err.to_string();
+        assert!(
+            text.contains("patch_tokens 6240") && text.contains("writes 64, 38400, 256"),
+            "{text}"
+        );
+    }
 }

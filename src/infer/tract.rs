@@ -276,13 +276,7 @@ impl InferenceEngine for TractEngine {
     }
 
     fn new_output(&self) -> VisionOutput {
-        VisionOutput {
-            image_embeds: vec![0.0; self.embed_dim],
-            patch_tokens: vec![0.0; self.patch_shape.0 * self.patch_shape.1],
-            patch_tokens_shape: self.patch_shape,
-            latents: vec![0.0; self.latents_shape.0 * self.latents_shape.1],
-            latents_shape: self.latents_shape,
-        }
+        VisionOutput::zeroed(self.embed_dim, self.patch_shape, self.latents_shape)
     }
 
     /// `out`'s buffers are never reallocated; tract allocates its intermediate tensors (see the module
@@ -298,7 +292,7 @@ impl InferenceEngine for TractEngine {
                 actual: pixel_values.len(),
             });
         }
-        self.check_output(out)?;
+        out.check_fits(self.embed_dim, self.patch_shape, self.latents_shape)?;
         let failed = |role: ModelRole| {
             move |e: anyhow::Error| InferError::Tract {
                 role,
@@ -353,30 +347,6 @@ impl InferenceEngine for TractEngine {
             });
         }
         Ok(StageTimes { encoder, resampler })
-    }
-}
-
-impl TractEngine {
-    fn check_output(&self, out: &VisionOutput) -> Result<(), InferError> {
-        let (n, d) = self.patch_shape;
-        let (l, dl) = self.latents_shape;
-        if out.image_embeds.len() != self.embed_dim
-            || out.patch_tokens.len() != n * d
-            || out.latents.len() != l * dl
-        {
-            return Err(InferError::OutputShape {
-                problem: format!(
-                    "image_embeds {}, patch_tokens {}, latents {} values; this engine writes {}, {}, {}",
-                    out.image_embeds.len(),
-                    out.patch_tokens.len(),
-                    out.latents.len(),
-                    self.embed_dim,
-                    n * d,
-                    l * dl
-                ),
-            });
-        }
-        Ok(())
     }
 }
 
