@@ -3,51 +3,19 @@
 //! Vision: patch_tokens, image_embeds (both normalised) and latents; text: the Rust tokenizer's ids against
 //! the tools' ids exactly, and text_embeds. Run with `--nocapture` to see the measured figures.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 use ocellus::infer::{InferenceEngine, TractEngine};
 use ocellus::manifest::{Manifest, Variant};
 use ocellus::prompts::TextEncoder;
-use serde::Deserialize;
 
 /// onnxruntime and tract on the same file and input.
 const MIN_COSINE: f64 = 0.9999;
 
-#[derive(Deserialize)]
-struct Index {
-    engine: String,
-    images: Vec<ImageRef>,
-    text: TextRef,
-}
-
-#[derive(Deserialize)]
-struct ImageRef {
-    id: String,
-    pixel_values: String,
-    outputs: BTreeMap<String, ImageOutputs>,
-}
-
-#[derive(Deserialize)]
-struct ImageOutputs {
-    patch_tokens: String,
-    image_embeds: String,
-    latents: String,
-}
-
-#[derive(Deserialize)]
-struct TextRef {
-    prompts: Vec<String>,
-    input_ids: String,
-    attention_mask: String,
-    outputs: BTreeMap<String, TextOutputs>,
-}
-
-#[derive(Deserialize)]
-struct TextOutputs {
-    text_embeds: String,
-}
+#[path = "common/reference.rs"]
+mod reference;
+use reference::{load_index, normalised, npy_f32};
 
 pub fn bundle(name: &str) -> PathBuf {
     // The instruction set as the runtime sets it up (the hwcaps: arm64 fp16 under qemu-user, where tract's
@@ -57,22 +25,6 @@ pub fn bundle(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models")
         .join(name)
-}
-
-fn load_index(dir: &Path) -> Index {
-    let path = dir.join("reference/index.toml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (build the bundle with ocellus-tools)",
-            path.display()
-        )
-    });
-    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn npy_f32(dir: &Path, rel: &str) -> ArrayD<f32> {
-    let path = dir.join("reference").join(rel);
-    ndarray_npy::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn npy_i64(dir: &Path, rel: &str) -> ArrayD<i64> {
@@ -115,11 +67,6 @@ impl Figures {
         self.min_cosine = self.min_cosine.min(cos);
         self.max_abs = self.max_abs.max(max_abs);
     }
-}
-
-fn normalised(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter().map(|x| x / n).collect()
 }
 
 /// Runs every reference image through the engine; returns (patch_tokens, image_embeds, latents) figures.

@@ -7,18 +7,13 @@
 //! tests fail with the engine's own message saying how to set it. Run with `--nocapture` for the figures.
 #![cfg(feature = "onnxruntime")]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use ndarray::ArrayD;
 use ocellus::infer::{
     EngineSettings, InferenceEngine, OnnxruntimeSettings, OrtEngine, Provider, RunVariant,
 };
 use ocellus::manifest::{EngineKind, Manifest};
-use serde::Deserialize;
+use ocellus::thread::ThreadRole;
 
 /// The same engine on the same file and input.
 const MIN_COSINE: f64 = 0.9999;
@@ -26,69 +21,19 @@ const MIN_COSINE: f64 = 0.9999;
 /// magnitude (onnxruntime in Python and from Rust; thread count and kernel choice may reorder sums).
 const MAX_ABS_REL: f64 = 1e-5;
 
-struct Counting;
+#[path = "common/reference.rs"]
+mod reference;
+use reference::{load_index, normalised, npy_f32};
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; counting touches only an atomic and a
-// const-initialised thread-local without destructor, neither of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: as for `alloc`; `ptr` and `layout` come from this allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+// ocellus's own allocator counts the allocations of threads registered with a frame-path role; without a
+// region reserved, each is a system allocation.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-#[derive(Deserialize)]
-struct Index {
-    engine: String,
-    images: Vec<ImageRef>,
-}
-
-#[derive(Deserialize)]
-struct ImageRef {
-    id: String,
-    pixel_values: String,
-    outputs: BTreeMap<String, ImageOutputs>,
-}
-
-#[derive(Deserialize)]
-struct ImageOutputs {
-    patch_tokens: String,
-    image_embeds: String,
-    latents: String,
-}
+static ALLOC: ocellus::alloc::Allocator = ocellus::alloc::Allocator;
 
 fn bundle(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models")
         .join(name)
-}
-
-fn npy(dir: &Path, rel: &str) -> ArrayD<f32> {
-    let path = dir.join("reference").join(rel);
-    ndarray_npy::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn settings(variant: RunVariant) -> EngineSettings {
@@ -125,15 +70,9 @@ fn compare(ours: &[f32], reference: &[f32]) -> (f64, f64) {
     )
 }
 
-fn normalised(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter().map(|x| x / n).collect()
-}
-
 fn check(name: &str, variant: RunVariant) {
     let dir = bundle(name);
-    let text = std::fs::read_to_string(dir.join("reference/index.toml")).expect("index.toml");
-    let index: Index = toml::from_str(&text).expect("index.toml");
+    let index = load_index(&dir);
     let mut engine = load(&dir, variant);
     assert_eq!(engine.info().engine, EngineKind::Onnxruntime);
     // A bundle with int8 files for onnxruntime (`<role>.int8-ort.onnx`, manifest `engines = ["onnxruntime"]`)
@@ -154,19 +93,22 @@ fn check(name: &str, variant: RunVariant) {
     let mut out = engine.new_output();
     let mut worst = [(1.0f64, 0.0f64); 3];
     for image in &index.images {
-        let pixels = npy(&dir, &image.pixel_values);
+        let pixels = npy_f32(&dir, &image.pixel_values);
         let refs = &image.outputs[&key];
         engine
             .run(pixels.as_slice().expect("C order"), &mut out)
             .unwrap_or_else(|e| panic!("{}: {e}", image.id));
-        let embeds = npy(&dir, &refs.image_embeds);
+        let embeds = npy_f32(&dir, &refs.image_embeds);
         let got = [
             compare(
                 &out.patch_tokens,
-                npy(&dir, &refs.patch_tokens).as_slice().unwrap(),
+                npy_f32(&dir, &refs.patch_tokens).as_slice().unwrap(),
             ),
             compare(&out.image_embeds, &normalised(embeds.as_slice().unwrap())),
-            compare(&out.latents, npy(&dir, &refs.latents).as_slice().unwrap()),
+            compare(
+                &out.latents,
+                npy_f32(&dir, &refs.latents).as_slice().unwrap(),
+            ),
         ];
         for (w, g) in worst.iter_mut().zip(got) {
             *w = (w.0.min(g.0), w.1.max(g.1));
@@ -225,14 +167,20 @@ fn a_frame_allocates_nothing_on_the_rust_side() {
         .collect();
     engine.run(&pixels, &mut out).expect("warm-up run");
     let first = out.clone();
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
+    // Counted as the inference thread's (other tests' threads are not registered).
+    ocellus::alloc::register_thread(ThreadRole::Inference);
+    let before = ocellus::alloc::stats();
     for _ in 0..20 {
         engine.run(&pixels, &mut out).expect("run");
     }
-    COUNTING.with(|c| c.set(false));
-    let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    assert_eq!(made, 0, "20 runs made {made} Rust allocations");
+    let made = ocellus::alloc::stats().since(&before);
+    ocellus::alloc::unregister_thread();
+    assert!(
+        made.installed,
+        "the test's global allocator is ocellus::alloc::Allocator"
+    );
+    let n = made.inference.system + made.inference.region;
+    assert_eq!(n, 0, "20 runs made {n} Rust allocations");
     assert_eq!(out, first, "the same input gave other outputs");
 }
 
