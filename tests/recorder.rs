@@ -431,22 +431,26 @@ fn recorder_keys_are_validated_and_a_ring_over_the_budget_is_refused_naming_the_
     );
     // Off by default.
     assert!(!config(30, "").recorder.enabled);
+    // Building the runtime (no memory taken, no segment) must fail; its message.
+    let refusal = |cfg: &Config, why: &str| {
+        Runtime::build(
+            cfg,
+            RuntimeOptions {
+                take_memory: false,
+                shm: ShmTarget::Off,
+                ..Default::default()
+            },
+        )
+        .expect_err(why)
+        .to_string()
+    };
 
     // A window that does not fit the disk quota.
     let cfg = config(
         30,
         "[recorder]\nenabled = true\nseconds = 120\nquota-mib = 100\n",
     );
-    let e = Runtime::build(
-        &cfg,
-        RuntimeOptions {
-            take_memory: false,
-            shm: ShmTarget::Off,
-            ..Default::default()
-        },
-    )
-    .expect_err("over the quota")
-    .to_string();
+    let e = refusal(&cfg, "over the quota");
     assert!(
         e.contains("recorder.quota-mib") && e.contains("recorder.seconds"),
         "{e}"
@@ -457,16 +461,7 @@ fn recorder_keys_are_validated_and_a_ring_over_the_budget_is_refused_naming_the_
         30,
         "[budgets]\nmemory-mib = 256\n\n[recorder]\nenabled = true\nseconds = 300\nquota-mib = 100000\n",
     );
-    let e = Runtime::build(
-        &cfg,
-        RuntimeOptions {
-            take_memory: false,
-            shm: ShmTarget::Off,
-            ..Default::default()
-        },
-    )
-    .expect_err("over the budget")
-    .to_string();
+    let e = refusal(&cfg, "over the budget");
     assert!(
         e.contains("budget exceeded") && e.contains("flight recorder rings of the last frames: front 9000 frames (recorder.seconds 300 x 30 fps)")
             && e.contains("lower recorder.seconds or recorder.frames"),
