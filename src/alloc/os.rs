@@ -50,6 +50,27 @@ pub(crate) fn limit_malloc_arenas(n: i32) -> bool {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
 }
 
+/// Makes glibc keep the heap it has: `malloc_trim(0)` first hands back what loading freed, then
+/// `M_TRIM_THRESHOLD` = 1 GiB (never give the heap's top back) and `M_MMAP_THRESHOLD` = 32 MiB (glibc's
+/// maximum on 64-bit: blocks up to that size come from the heap, not from a mapping of their own made and
+/// unmapped per allocation). Both turn glibc's dynamic thresholds off. Returns whether glibc accepted both.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn keep_malloc_heap() -> bool {
+    // SAFETY: malloc_trim and mallopt only act on the C allocator's free memory and tunables; they touch no
+    // memory that is allocated.
+    unsafe {
+        libc::malloc_trim(0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+            && libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+    }
+}
+
+/// Off glibc there is no malloc to tune.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn keep_malloc_heap() -> bool {
+    false
+}
+
 /// `munlockall()`: undoes [`lock_all`].
 pub(crate) fn unlock_all() -> io::Result<()> {
     // SAFETY: munlockall takes no arguments and changes residency only.

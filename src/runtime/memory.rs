@@ -432,12 +432,16 @@ pub enum TakeError {
     Lock(String),
 }
 
-/// Reserves the frame-path region the plan sizes ([`crate::alloc::reserve`]) and, when `memory.lock`,
-/// locks the process's memory. A failed lock is an error only with `memory.lock-required`; otherwise it
+/// Reserves the frame-path region the plan sizes ([`crate::alloc::reserve`]), makes the C allocator keep
+/// its heap from now on ([`crate::alloc::keep_system_heap`]) and, when `memory.lock`, locks the process's
+/// memory. A failed lock is an error only with `memory.lock-required`; otherwise it
 /// is logged and the run goes on unlocked. Call it after the plan passed [`MemoryPlan::check`] and after
 /// the pipeline's buffers are allocated, before it starts.
 pub fn take(plan: &MemoryPlan, memory: &crate::alloc::MemorySettings) -> Result<Taken, TakeError> {
     let arena_bytes = crate::alloc::reserve(plan.arena_bytes.max(1))?;
+    if !crate::alloc::keep_system_heap() {
+        tracing::debug!("the C allocator's thresholds were not set (not glibc, or refused)");
+    }
     let mut locked = false;
     if memory.lock {
         match crate::alloc::lock_memory() {

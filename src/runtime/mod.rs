@@ -11,7 +11,7 @@
 //! 5. the prompts are read (`prompts.labels`, then `prompts.file`), checked and embedded by the text encoder;
 //! 6. the plan is made again with the planned models' figures and checked;
 //! 7. the sources are opened, the pipeline allocated, the shared-memory segment created;
-//! 8. the frame-path region is reserved and memory locked ([`memory::take`]).
+//! 8. the frame-path region is reserved, the C heap kept and memory locked ([`memory::take`]).
 //!
 //! Nothing runs until [`Runtime::start`]. Every error is a [`BuildError`] whose [`ErrorKind`] gives the exit
 //! code: a configuration or bundle a person must fix (2), or a failure of the system (1).
