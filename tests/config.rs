@@ -35,7 +35,33 @@ fn embedded_default_loads() {
     assert_eq!(config.prompts.current().unwrap().len(), 16);
     assert_eq!(config.budgets.prepare, None, "measured at start-up");
     assert_eq!(config.shm.mode, 0o640);
+    assert_eq!(
+        config.logging.format,
+        LogFormat::Auto,
+        "journald under systemd, text elsewhere"
+    );
     assert_eq!(Config::load_or_default(None).unwrap(), config);
+}
+
+#[test]
+fn every_logging_format_parses_and_an_unknown_one_names_the_choices() {
+    for (text, format) in [
+        ("auto", LogFormat::Auto),
+        ("text", LogFormat::Text),
+        ("json", LogFormat::Json),
+        ("journald", LogFormat::Journald),
+    ] {
+        let config = Config::parse(&format!("[logging]\nformat = \"{text}\"\n"), Origin::Embedded)
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(config.logging.format, format);
+    }
+    let err = Config::parse("[logging]\nformat = \"syslog\"\n", Origin::Embedded).expect_err("syslog");
+    assert_eq!(err.key(), Some("logging.format"));
+    assert!(
+        err.to_string()
+            .contains("unknown format 'syslog' (expected auto, text, json or journald)"),
+        "{err}"
+    );
 }
 
 #[test]

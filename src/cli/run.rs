@@ -63,18 +63,17 @@ pub fn run(args: RunArgs, v: Verbosity) -> Result<(), Failure> {
     let mut usr1 = Usr1::install(&runtime)?;
     let started = Instant::now();
     service.ready(runtime.stats(), started);
-    let mut reporter = if args.status_interval > 0.0 {
-        StatusReporter::spawn(
-            Arc::clone(runtime.stats()),
-            Duration::from_secs_f64(args.status_interval),
-            StatusMode::for_stderr(),
-            std::io::stderr(),
-        )
-        .map_err(|e| tracing::warn!(error = %e, "no live status: cannot start its thread"))
-        .ok()
-    } else {
-        None
-    };
+    // Deadline misses are logged from the reporter's thread even when the live status is off.
+    let mut reporter = StatusReporter::spawn(
+        Arc::clone(runtime.stats()),
+        (args.status_interval > 0.0).then(|| Duration::from_secs_f64(args.status_interval)),
+        StatusMode::for_stderr(),
+        std::io::stderr(),
+    )
+    .map_err(
+        |e| tracing::warn!(error = %e, "no live status or deadline log: cannot start its thread"),
+    )
+    .ok();
 
     let limit = args
         .duration

@@ -205,6 +205,11 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// journald's native protocol: each event's fields are journal fields (`CAMERA=0`, `STAGE=encoder`),
+    /// its level the entry's `PRIORITY`.
+    Journald,
+    /// `Journald` when stderr is connected to the journal (systemd's `JOURNAL_STREAM` names it), else `Text`.
+    Auto,
 }
 
 /// `[logging]`.

@@ -753,13 +753,15 @@ impl Validator<'_> {
                 ))
             }
         };
-        let format = match rl.format.as_deref().unwrap_or("text") {
+        let format = match rl.format.as_deref().unwrap_or("auto") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
+            "journald" => LogFormat::Journald,
+            "auto" => LogFormat::Auto,
             other => {
                 return Err(self.err(
                     "logging.format",
-                    format!("unknown format '{other}' (expected text or json)"),
+                    format!("unknown format '{other}' (expected auto, text, json or journald)"),
                 ))
             }
         };

@@ -1,5 +1,5 @@
 //! Where results go: the [`FrameResult`] of each frame, the [`Sink`] trait, and the sinks: the log
-//! ([`LogSink`]), shared memory ([`ShmSink`]), and the live status reporter ([`StatusReporter`]).
+//! ([`LogSink`]), shared memory ([`ShmSink`]), the live status reporter ([`StatusReporter`]) and the deadline log ([`DeadlineLog`]).
 //!
 //! Sinks run on the inference thread, once per frame, with a [`FrameResult`] that borrows the pipeline's
 //! preallocated buffers: a sink copies what it keeps (the shared-memory sink copies into its slot) and must
@@ -15,7 +15,7 @@ mod status;
 
 pub use log::LogSink;
 pub use shm::{ShmSink, ShmSinkConfig};
-pub use status::{StatusMode, StatusReporter};
+pub use status::{DeadlineLog, StatusMode, StatusReporter};
 
 /// Result flag: the camera's source is failing (set on frames taken while it is being restarted).
 pub const FLAG_CAMERA_LOST: u32 = 1 << 16;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::stats::{Stats, StatusLine};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::stats::{Stage, Stats, StatusLine, STAGE_COUNT};
 
 /// How the status reporter writes its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,40 +31,103 @@ impl StatusMode {
     }
 }
 
-/// Writes the live one-line status (fps, per-stage p50/p99 over the last period, drops, deadline misses)
-/// every `period` from its own thread named `ocellus-status`.
+/// Logs deadline misses as they happen, one event per camera and stage that missed since the last poll:
+/// `camera`, `stage`, `late` (misses since the last poll), `late_total` and `overrun_ms` (the newest miss's
+/// overrun). Under systemd these are journal fields (`journalctl -u ocellus CAMERA=0 STAGE=encoder`). The
+/// frame path only counts (atomics in [`Stats`]); the events are made here, on a background thread, so
+/// logging never allocates or blocks on the frame path, and a storm of late frames is one line a second.
+pub struct DeadlineLog {
+    seen: Vec<[u64; STAGE_COUNT]>,
+}
+
+impl DeadlineLog {
+    /// Starts from the counts `stats` holds now: misses before this are not logged.
+    pub fn new(stats: &Stats) -> Self {
+        DeadlineLog {
+            seen: stats
+                .iter()
+                .map(|c| std::array::from_fn(|i| c.counters.late[i].load(Relaxed)))
+                .collect(),
+        }
+    }
+
+    /// Logs the misses counted since the last poll; returns how many events it logged.
+    pub fn poll(&mut self, stats: &Stats) -> usize {
+        let mut events = 0;
+        for (camera, (c, seen)) in stats.iter().zip(self.seen.iter_mut()).enumerate() {
+            for stage in Stage::ALL {
+                let i = stage.index();
+                let total = c.counters.late[i].load(Relaxed);
+                if total > seen[i] {
+                    let overrun_ns = c.counters.last_overrun_ns[i].load(Relaxed);
+                    tracing::warn!(
+                        camera,
+                        stage = stage.name(),
+                        late = total - seen[i],
+                        late_total = total,
+                        overrun_ms = overrun_ns as f64 / 1e6,
+                        "deadline missed"
+                    );
+                    seen[i] = total;
+                    events += 1;
+                }
+            }
+        }
+        events
+    }
+}
+
+/// How often the reporter logs deadline misses.
+const DEADLINE_POLL: Duration = Duration::from_secs(1);
+
+/// From its own thread named `ocellus-status`: logs deadline misses every second ([`DeadlineLog`]) and,
+/// with a `period`, writes the live one-line status (fps, per-stage p50/p99 over the last period, drops,
+/// deadline misses) every `period`.
 pub struct StatusReporter {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl StatusReporter {
-    /// Starts the reporter thread writing to `out`.
+    /// Starts the reporter thread writing its status lines to `out` (none when `period` is `None`).
     pub fn spawn<W: Write + Send + 'static>(
         stats: Arc<Stats>,
-        period: Duration,
+        period: Option<Duration>,
         mode: StatusMode,
         mut out: W,
     ) -> std::io::Result<StatusReporter> {
         let (tx, rx) = mpsc::channel::<()>();
+        let tick = period.map_or(DEADLINE_POLL, |p| p.min(DEADLINE_POLL));
         let thread = std::thread::Builder::new()
             .name("ocellus-status".into())
             .spawn(move || {
                 let mut line = StatusLine::new(&stats);
+                let mut deadlines = DeadlineLog::new(&stats);
                 let mut written = false;
+                let mut next_line = period.map(|p| Instant::now() + p);
                 loop {
-                    let stopped =
-                        !matches!(rx.recv_timeout(period), Err(RecvTimeoutError::Timeout));
+                    let stopped = !matches!(rx.recv_timeout(tick), Err(RecvTimeoutError::Timeout));
                     if stopped {
                         break;
                     }
-                    let text = line.render(&stats, Instant::now());
+                    deadlines.poll(&stats);
+                    let now = Instant::now();
+                    let (Some(due), Some(p)) = (next_line, period) else {
+                        continue;
+                    };
+                    if now < due {
+                        continue;
+                    }
+                    next_line = Some(due.max(now - p) + p);
+                    let text = line.render(&stats, now);
                     let res = match mode {
                         StatusMode::Overwrite => write!(out, "\r\x1b[K{text}"),
                         StatusMode::Lines => writeln!(out, "{text}"),
                     };
                     if res.and_then(|_| out.flush()).is_err() {
-                        break;
+                        // The status goes nowhere (stderr closed): keep logging deadline misses.
+                        next_line = None;
+                        continue;
                     }
                     written = true;
                 }
@@ -97,7 +162,6 @@ impl Drop for StatusReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Mutex;
 
     #[derive(Clone, Default)]
@@ -123,7 +187,7 @@ mod tests {
         let out = Shared::default();
         let mut reporter = StatusReporter::spawn(
             stats.clone(),
-            Duration::from_millis(10),
+            Some(Duration::from_millis(10)),
             StatusMode::Lines,
             out.clone(),
         )
@@ -145,5 +209,50 @@ mod tests {
             .expect("utf-8 status");
         assert!(text.lines().all(|l| l.starts_with("fps ")), "{text}");
         assert!(text.contains("drop 7"), "{text}");
+    }
+
+    #[test]
+    fn deadline_log_reports_each_camera_and_stage_once_per_new_miss() {
+        let stats = Stats::new(2);
+        stats.camera(0).count_late(Stage::Encoder, 1_000_000);
+        let mut log = DeadlineLog::new(&stats);
+        assert_eq!(
+            log.poll(&stats),
+            0,
+            "misses before the log started are not logged"
+        );
+
+        let out = Shared::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let events = tracing::subscriber::with_default(subscriber, || {
+            stats.camera(0).count_late(Stage::Encoder, 2_000_000);
+            stats.camera(0).count_late(Stage::Encoder, 3_500_000);
+            stats.camera(1).count_late(Stage::EndToEnd, 7_000_000);
+            let first = log.poll(&stats);
+            let again = log.poll(&stats);
+            (first, again)
+        });
+        assert_eq!(events, (2, 0));
+        let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
+            .expect("utf-8 log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("deadline missed"), "{text}");
+        assert!(lines[0].contains("camera=0"), "{text}");
+        assert!(lines[0].contains("stage=\"encoder\""), "{text}");
+        assert!(
+            lines[0].contains("late=2 late_total=3 overrun_ms=3.5"),
+            "{text}"
+        );
+        assert!(lines[1].contains("camera=1"), "{text}");
+        assert!(lines[1].contains("stage=\"end_to_end\""), "{text}");
+        assert!(
+            lines[1].contains("late=1 late_total=1 overrun_ms=7"),
+            "{text}"
+        );
     }
 }
