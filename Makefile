@@ -99,9 +99,13 @@ test-hil:
 # The service as the robot runs it: systemd as PID 1 in a VM, the amd64 .deb installed, watchdog, restarts, stop,
 # a bad config, a camera disconnect, the journal (docs/hil.md, "systemd as PID 1"). Not in `make test`: a systemd
 # boot and the checks under TCG take several minutes on top of CI's budget. Needs root and the Debian mirror once.
-.PHONY: test-hil-systemd
+.PHONY: test-hil-systemd test-hil-systemd-arm64
 test-hil-systemd:
 	CACHE=$(CACHE) tests/hil/systemd.sh amd64 $(DEB_DIR)/ocellus_$(DEB_VERSION)_amd64.deb
+
+# The same checks with the arm64 package on qemu-system-aarch64 (virt, cortex-a57) and Debian's arm64 kernel.
+test-hil-systemd-arm64:
+	CACHE=$(CACHE) tests/hil/systemd.sh arm64 $(DEB_DIR)/ocellus_$(DEB_VERSION)_arm64.deb
 
 # --- The robot: aarch64 cross build, tested under qemu-user, and Debian packages (bsp/, docs/deploy.md) ---------
 # Linker, runner and cross C compiler are in .cargo/config.toml. Cross builds use their own target directory, so a
@@ -190,8 +194,8 @@ bench-scale: scale-bundles
 OCELLUS ?= $(CARGO_TARGET_DIR)/release/ocellus
 .PHONY: bench-realtime
 bench-realtime:
-	benches/realtime.sh $(OCELLUS) $(BENCH_DIR)/realtime demo=$(CURDIR)/models/demo/manifest.toml:30:600 \
-		vitb32=$(SCALE_MODELS)/vitb32-perceiver/manifest.toml:8:200
+	benches/realtime.sh $(OCELLUS) $(BENCH_DIR)/realtime demo=$(CURDIR)/models/demo/manifest.toml:30:1000 \
+		vitb32=$(SCALE_MODELS)/vitb32-perceiver/manifest.toml:8:1000
 
 # The long soak (docs/soak.md; not in CI): 1,000,000 frames or 2 hours of the demo pipeline with the prompts
 # file rewritten and a C reader attached; samples, plot and figures in $(SOAK_OUT).

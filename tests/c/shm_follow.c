@@ -10,6 +10,8 @@
  *   t=.. event=tick state=.. gen=G seq=S published=N age_ms=A   once a second
  *
  * `--once`: open, read once, print the state line and exit 0 iff a sample was read (a permission check).
+ * `--no-follow`: set the handle's reopen_interval_ns to the maximum, so it never looks for a new writer: a
+ * reader whose follow is broken, for showing that the systemd test's follow checks fail without it.
  * SIGTERM/SIGINT end the loop. The writer's pid is watched through /proc, so the time from its death to the
  * reader calling it stale can be measured in one process on one clock. */
 #include "ocellus/shm.h"
@@ -70,17 +72,20 @@ int main(int argc, char **argv) {
     const char *name;
     const char *last_state = "";
     uint64_t gen = 0, pid = 0, last_flags = ~0ull, last_reconnects = ~0ull, seq = 0, published = 0;
-    int once = 0, rc, exited_reported = 0;
+    int once = 0, no_follow = 0, rc, exited_reported = 0;
     double next_tick = 0, age_ms = 0;
     struct timespec period = {0, 10000000};
 
     if (argc == 3 && strcmp(argv[1], "--once") == 0) {
         once = 1;
         name = argv[2];
+    } else if (argc == 3 && strcmp(argv[1], "--no-follow") == 0) {
+        no_follow = 1;
+        name = argv[2];
     } else if (argc == 2) {
         name = argv[1];
     } else {
-        fprintf(stderr, "usage: %s [--once] NAME\n", argv[0]);
+        fprintf(stderr, "usage: %s [--once | --no-follow] NAME\n", argv[0]);
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -105,6 +110,7 @@ int main(int argc, char **argv) {
     s.latents = (float *)calloc(s.latents_cap, sizeof(float));
     s.scores = (float *)calloc(s.scores_cap, sizeof(float));
     if (!s.embedding || !s.latents || !s.scores) return 2;
+    if (no_follow) shm.reopen_interval_ns = ~0ull;
     gen = shm.generation;
     pid = shm.writer_pid;
     printf("t=%.3f event=remap gen=%016llx pid=%llu period_ms=%.0f\n", now_s(), (unsigned long long)gen,

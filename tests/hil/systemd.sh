@@ -22,6 +22,7 @@
 # Environment: CACHE (~/.cache/ocellus), HIL_KERNEL_ABI (6.1.0-56-<arch>), HIL_TIMEOUT (amd64 900, arm64 1800),
 # HIL_MEM (2G), HIL_CPU (amd64 qemu64, arm64 cortex-a57), HIL_QEMU_ARGS, HIL_CHECKS (the driver's check
 # names, default all), HIL_DROPIN (a file installed as a drop-in of ocellus.service, to show a check fail),
+# HIL_READER_ARGS (options of the C reader in the VM: --no-follow shows the follow checks fail),
 # DEBIAN_MIRROR.
 set -euo pipefail
 
@@ -240,6 +241,7 @@ install -m 0755 "$SRC/driver.sh" "$VROOT/hil/driver.sh"
 cp "$SRC"/*.toml "$VROOT/hil/"
 cp "$ROOT/bsp/udev/99-ocellus-cameras.rules" "$VROOT/hil/"
 [ -z "${HIL_DROPIN:-}" ] || cp "$HIL_DROPIN" "$VROOT/hil/extra-dropin.conf"
+[ -z "${HIL_READER_ARGS:-}" ] || printf '%s\n' "$HIL_READER_ARGS" > "$VROOT/hil/reader-args"
 printf 'HIL_ARCH=%s\nHIL_CHECKS="%s"\n' "$ARCH" "${HIL_CHECKS:-}" >"$VROOT/hil/env"
 install -m 0644 "$SRC/hil-driver.service" "$VROOT/etc/systemd/system/hil-driver.service"
 ln -sf /etc/systemd/system/hil-driver.service "$VROOT/etc/systemd/system/multi-user.target.wants/hil-driver.service"

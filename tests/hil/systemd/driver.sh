@@ -93,7 +93,10 @@ dump() {
 
 start_reader() {
     # The control loop's user: a member of group ocellus (not of video), as docs/deploy.md tells it.
-    setpriv --reuid=robot --regid=robot --init-groups /hil/shm-follow /ocellus >>"$READER_LOG" 2>&1 &
+    # HIL_READER_ARGS on the host (e.g. --no-follow, to show the follow checks fail) arrive in /hil/reader-args.
+    # shellcheck disable=SC2046
+    setpriv --reuid=robot --regid=robot --init-groups /hil/shm-follow $(cat /hil/reader-args 2>/dev/null) /ocellus \
+        >>"$READER_LOG" 2>&1 &
     READER_PID=$!
 }
 
