@@ -51,11 +51,15 @@ fn every_logging_format_parses_and_an_unknown_one_names_the_choices() {
         ("json", LogFormat::Json),
         ("journald", LogFormat::Journald),
     ] {
-        let config = Config::parse(&format!("[logging]\nformat = \"{text}\"\n"), Origin::Embedded)
-            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        let config = Config::parse(
+            &format!("[logging]\nformat = \"{text}\"\n"),
+            Origin::Embedded,
+        )
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(config.logging.format, format);
     }
-    let err = Config::parse("[logging]\nformat = \"syslog\"\n", Origin::Embedded).expect_err("syslog");
+    let err =
+        Config::parse("[logging]\nformat = \"syslog\"\n", Origin::Embedded).expect_err("syslog");
     assert_eq!(err.key(), Some("logging.format"));
     assert!(
         err.to_string()

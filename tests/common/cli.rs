@@ -2,7 +2,7 @@
 //! a watchdog that kills the child and fails the test instead of hanging CI (no elapsed time is asserted).
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The source tree (the tests run `ocellus` from it, so `models/demo` resolves).
@@ -19,11 +19,16 @@ pub fn ocellus() -> Command {
 
 /// Runs `cmd` to completion with its output captured; kills it and panics after `watchdog`.
 pub fn finish(mut cmd: Command, watchdog: Duration) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    wait(child, &format!("{cmd:?}"), watchdog)
+}
+
+/// Waits for `child` and returns its output (what it captured); kills it and panics after `watchdog`.
+pub fn wait(mut child: Child, what: &str, watchdog: Duration) -> Output {
     let until = Instant::now() + watchdog;
     loop {
         if child.try_wait().expect("wait").is_some() {
@@ -32,7 +37,7 @@ pub fn finish(mut cmd: Command, watchdog: Duration) -> Output {
         if Instant::now() > until {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("watchdog: {cmd:?} did not finish");
+            panic!("watchdog: {what} did not finish");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
