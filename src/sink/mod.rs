@@ -1,5 +1,6 @@
 //! Where results go: the [`FrameResult`] of each frame, the [`Sink`] trait, and the sinks: the log
-//! ([`LogSink`]), shared memory ([`ShmSink`]), the live status reporter ([`StatusReporter`]) and the deadline log ([`DeadlineLog`]).
+//! ([`LogSink`]), shared memory ([`ShmSink`]), the live status reporter ([`StatusReporter`]) and the
+//! deadline log ([`DeadlineLog`]).
 //!
 //! Sinks run on the inference thread, once per frame, with a [`FrameResult`] that borrows the pipeline's
 //! preallocated buffers: a sink copies what it keeps (the shared-memory sink copies into its slot) and must

@@ -31,44 +31,50 @@ impl StatusMode {
     }
 }
 
-/// Logs deadline misses as they happen, one event per camera and stage that missed since the last poll:
-/// `camera`, `stage`, `late` (misses since the last poll), `late_total` and `overrun_ms` (the newest miss's
-/// overrun). Under systemd these are journal fields (`journalctl -u ocellus CAMERA=0 STAGE=encoder`). The
-/// frame path only counts (atomics in [`Stats`]); the events are made here, on a background thread, so
-/// logging never allocates or blocks on the frame path, and a storm of late frames is one line a second.
+/// Logs deadline misses: one event per camera and stage, at once for its first miss and then at most every
+/// `every` while it keeps missing, with `camera`, `stage`, `late` (misses since its previous event),
+/// `late_total` and `overrun_ms` (the newest miss's overrun). Under systemd these are journal fields
+/// (`journalctl -u ocellus CAMERA=0 STAGE=encoder`). The frame path only counts (atomics in [`Stats`]); the
+/// events are made here, on a background thread, so logging never allocates or blocks on the frame path, and
+/// a camera that misses every frame for a day writes one line per `every`, not one per frame.
 pub struct DeadlineLog {
-    seen: Vec<[u64; STAGE_COUNT]>,
+    every: Duration,
+    /// Per camera and stage: the count at its last event, and when that was.
+    seen: Vec<[(u64, Option<Instant>); STAGE_COUNT]>,
 }
 
 impl DeadlineLog {
-    /// Starts from the counts `stats` holds now: misses before this are not logged.
-    pub fn new(stats: &Stats) -> Self {
+    /// Starts from the counts `stats` holds now (misses before this are not logged); an event per camera and
+    /// stage at most every `every`.
+    pub fn new(stats: &Stats, every: Duration) -> Self {
         DeadlineLog {
+            every,
             seen: stats
                 .iter()
-                .map(|c| std::array::from_fn(|i| c.counters.late[i].load(Relaxed)))
+                .map(|c| std::array::from_fn(|i| (c.counters.late[i].load(Relaxed), None)))
                 .collect(),
         }
     }
 
-    /// Logs the misses counted since the last poll; returns how many events it logged.
-    pub fn poll(&mut self, stats: &Stats) -> usize {
+    /// Logs what is due at `now`; returns how many events it logged.
+    pub fn poll(&mut self, stats: &Stats, now: Instant) -> usize {
         let mut events = 0;
         for (camera, (c, seen)) in stats.iter().zip(self.seen.iter_mut()).enumerate() {
             for stage in Stage::ALL {
-                let i = stage.index();
-                let total = c.counters.late[i].load(Relaxed);
-                if total > seen[i] {
-                    let overrun_ns = c.counters.last_overrun_ns[i].load(Relaxed);
+                let (logged, at) = &mut seen[stage.index()];
+                let total = c.counters.late[stage.index()].load(Relaxed);
+                let due = at.is_none_or(|t| now.saturating_duration_since(t) >= self.every);
+                if total > *logged && due {
+                    let overrun_ns = c.counters.last_overrun_ns[stage.index()].load(Relaxed);
                     tracing::warn!(
                         camera,
                         stage = stage.name(),
-                        late = total - seen[i],
+                        late = total - *logged,
                         late_total = total,
                         overrun_ms = overrun_ns as f64 / 1e6,
                         "deadline missed"
                     );
-                    seen[i] = total;
+                    (*logged, *at) = (total, Some(now));
                     events += 1;
                 }
             }
@@ -77,10 +83,14 @@ impl DeadlineLog {
     }
 }
 
-/// How often the reporter logs deadline misses.
+/// The shortest time between two deadline events of one camera and stage.
+const DEADLINE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How often the reporter looks for deadline misses.
 const DEADLINE_POLL: Duration = Duration::from_secs(1);
 
-/// From its own thread named `ocellus-status`: logs deadline misses every second ([`DeadlineLog`]) and,
+/// From its own thread named `ocellus-status`: logs deadline misses ([`DeadlineLog`], looked for every
+/// second, an event per camera and stage at most every 10 s) and,
 /// with a `period`, writes the live one-line status (fps, per-stage p50/p99 over the last period, drops,
 /// deadline misses) every `period`.
 pub struct StatusReporter {
@@ -102,7 +112,7 @@ impl StatusReporter {
             .name("ocellus-status".into())
             .spawn(move || {
                 let mut line = StatusLine::new(&stats);
-                let mut deadlines = DeadlineLog::new(&stats);
+                let mut deadlines = DeadlineLog::new(&stats, DEADLINE_LOG_EVERY);
                 let mut written = false;
                 let mut next_line = period.map(|p| Instant::now() + p);
                 loop {
@@ -110,15 +120,16 @@ impl StatusReporter {
                     if stopped {
                         break;
                     }
-                    deadlines.poll(&stats);
                     let now = Instant::now();
+                    deadlines.poll(&stats, now);
                     let (Some(due), Some(p)) = (next_line, period) else {
                         continue;
                     };
                     if now < due {
                         continue;
                     }
-                    next_line = Some(due.max(now - p) + p);
+                    // The next line a period after this one was due; a period from now if that has passed.
+                    next_line = Some(Some(due + p).filter(|&n| n > now).unwrap_or(now + p));
                     let text = line.render(&stats, now);
                     let res = match mode {
                         StatusMode::Overwrite => write!(out, "\r\x1b[K{text}"),
@@ -212,12 +223,14 @@ mod tests {
     }
 
     #[test]
-    fn deadline_log_reports_each_camera_and_stage_once_per_new_miss() {
+    fn deadline_log_reports_each_camera_and_stage_at_once_then_at_most_every_interval() {
         let stats = Stats::new(2);
         stats.camera(0).count_late(Stage::Encoder, 1_000_000);
-        let mut log = DeadlineLog::new(&stats);
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        let mut log = DeadlineLog::new(&stats, every);
         assert_eq!(
-            log.poll(&stats),
+            log.poll(&stats, t0),
             0,
             "misses before the log started are not logged"
         );
@@ -232,16 +245,24 @@ mod tests {
             stats.camera(0).count_late(Stage::Encoder, 2_000_000);
             stats.camera(0).count_late(Stage::Encoder, 3_500_000);
             stats.camera(1).count_late(Stage::EndToEnd, 7_000_000);
-            let first = log.poll(&stats);
-            let again = log.poll(&stats);
-            (first, again)
+            let first = log.poll(&stats, t0);
+            // More misses within the interval: counted, not logged until it has passed.
+            stats.camera(0).count_late(Stage::Encoder, 4_000_000);
+            stats.camera(0).count_late(Stage::Encoder, 5_000_000);
+            let within = log.poll(&stats, t0 + every / 2);
+            let after = log.poll(&stats, t0 + every);
+            let quiet = log.poll(&stats, t0 + every * 3);
+            [first, within, after, quiet]
         });
-        assert_eq!(events, (2, 0));
+        assert_eq!(events, [2, 0, 1, 0]);
         let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
             .expect("utf-8 log");
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}");
-        assert!(lines[0].contains("deadline missed"), "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines.iter().all(|l| l.contains("deadline missed")),
+            "{text}"
+        );
         assert!(lines[0].contains("camera=0"), "{text}");
         assert!(lines[0].contains("stage=\"encoder\""), "{text}");
         assert!(
@@ -252,6 +273,11 @@ mod tests {
         assert!(lines[1].contains("stage=\"end_to_end\""), "{text}");
         assert!(
             lines[1].contains("late=1 late_total=1 overrun_ms=7"),
+            "{text}"
+        );
+        assert!(lines[2].contains("camera=0"), "{text}");
+        assert!(
+            lines[2].contains("late=2 late_total=5 overrun_ms=5"),
             "{text}"
         );
     }
