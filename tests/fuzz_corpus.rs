@@ -41,6 +41,18 @@ const REPRODUCERS: &[(&str, &str, Result<&str, &str>)] = &[
         "tensor-shape-overflows-plan.toml",
         Err("tensor pixel_values has shape [1, 4294967296, 4294967296]: more than 2^32 elements"),
     ),
+    // Found by `make fuzz-mjpeg` and `make fuzz-replay` (2026-12-05): zune-jpeg's debug assertion in its bit
+    // reader (fuzz/src/lib.rs, `KnownDecoderAssertion`); the release build refuses the frame as corrupt.
+    (
+        "mjpeg",
+        "zune-jpeg-bits-left-debug-assert.jpg",
+        Err("corrupt MJPEG frame: \"Marker DQT found where not expected\""),
+    ),
+    (
+        "replay",
+        "zune-jpeg-bits-left-debug-assert.jpg",
+        Ok("2 mjpeg 16x12 frames"),
+    ),
 ];
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
