@@ -593,7 +593,21 @@ impl Preparer {
         }
     }
 
+    /// Decodes an MJPEG frame into `self.rgb`. zune-jpeg panics on some malformed streams (an `unwrap` on a
+    /// missing Huffman table, an `assert_eq!` on a component's buffer sizes; found by the `mjpeg` and `replay`
+    /// fuzzers, docs/fuzzing.md): a panic inside the decoder is a corrupt frame, never a dead inference thread.
     fn decode_jpeg(&mut self, frame: &[u8]) -> Result<(), PrepareError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.decode_jpeg_unguarded(frame)
+        }))
+        .unwrap_or_else(|_| {
+            Err(PrepareError::CorruptJpeg {
+                reason: "the JPEG decoder (zune-jpeg) failed on it (a panic, caught)".into(),
+            })
+        })
+    }
+
+    fn decode_jpeg_unguarded(&mut self, frame: &[u8]) -> Result<(), PrepareError> {
         check_jpeg_framing(frame)?;
         let options = DecoderOptions::default()
             .set_strict_mode(true)

@@ -53,6 +53,18 @@ const REPRODUCERS: &[(&str, &str, Result<&str, &str>)] = &[
         "zune-jpeg-bits-left-debug-assert.jpg",
         Ok("2 mjpeg 16x12 frames"),
     ),
+    // Found by the second runs of the same two targets: panics in zune-jpeg in release too (an unwrap on a
+    // missing Huffman table; an assert_eq on a component's buffer sizes), now caught by the runtime.
+    (
+        "mjpeg",
+        "zune-jpeg-huffman-table-unwrap.jpg",
+        Err("corrupt MJPEG frame: the JPEG decoder (zune-jpeg) failed on it (a panic, caught)"),
+    ),
+    (
+        "replay",
+        "zune-jpeg-upsample-assert-eq.jpg",
+        Err("b.jpg: JPEG data is corrupt: the decoder (zune-jpeg) failed on it (a panic, caught)"),
+    ),
 ];
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {

@@ -202,8 +202,13 @@ fn png_size(path: &Path) -> Result<(u32, u32), SourceError> {
 
 fn jpeg_size(path: &Path, bytes: &[u8]) -> Result<(u32, u32), SourceError> {
     let mut decoder = zune_jpeg::JpegDecoder::new(bytes);
-    decoder
-        .decode_headers()
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode_headers()))
+        .map_err(|_| {
+            bad(
+                path,
+                "not a readable JPEG: the decoder (zune-jpeg) failed on it (a panic, caught)",
+            )
+        })?
         .map_err(|e| bad(path, format!("not a readable JPEG: {e:?}")))?;
     let info = decoder
         .info()
@@ -311,13 +316,19 @@ pub fn decode_png_rgb(path: &Path) -> Result<(u32, u32, Vec<u8>), SourceError> {
     Ok((w, h, rgb))
 }
 
-/// Decodes a JPEG into RGB8.
+/// Decodes a JPEG into RGB8. zune-jpeg panics on some malformed streams (docs/fuzzing.md): a panic inside
+/// the decoder is a corrupt file.
 pub fn decode_jpeg_rgb(path: &Path, bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), SourceError> {
     let options = zune_jpeg::zune_core::options::DecoderOptions::default()
         .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::RGB);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(bytes, options);
-    let rgb = decoder
-        .decode()
+    let rgb = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode()))
+        .map_err(|_| {
+            bad(
+                path,
+                "JPEG data is corrupt: the decoder (zune-jpeg) failed on it (a panic, caught)",
+            )
+        })?
         .map_err(|e| bad(path, format!("JPEG data is corrupt: {e:?}")))?;
     let info = decoder
         .info()
