@@ -280,9 +280,18 @@ fn soak_memory_descriptors_and_threads_stay_flat() {
     );
     assert!(reader_line.contains(" regressions=0 "), "{reader_line}");
     assert_eq!(summary.errors, 0, "{report}");
-    assert_eq!(
-        fds.0, fds.1,
-        "open descriptors changed after warm-up\n{report}"
+    // A descriptor open at the instant of a sample is not a leak: this process's prompt writer and the
+    // runtime's prompt watcher open the prompts file every few seconds, and the 2-hour run of 2026-12-05 saw 8
+    // instead of 7 in one of 690 samples. A leak stays: the count must be back to the warm-up's by the next
+    // sample, and the last sample must equal the first.
+    let baseline = warm[0].fds;
+    let stayed = warm
+        .windows(2)
+        .any(|w| w[0].fds > baseline && w[1].fds > baseline);
+    assert!(
+        !stayed && warm[warm.len() - 1].fds == baseline,
+        "open descriptors changed after warm-up (more than one sample above {baseline}, or a different count \
+         at the end)\n{report}"
     );
     assert_eq!(
         threads.0, threads.1,
